@@ -1,0 +1,85 @@
+// CPU latent-major weight gradient: entries are bucketed by latent (counting sort, stable), then each latent's
+// row of the gradient is reduced by one thread in entry order — deterministic for any thread count, no atomics.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "common.h"
+#include "cpu/csr_rows.h"
+
+namespace mx {
+namespace cpu {
+namespace {
+
+template <typename T, typename S_t>
+void reduce_latents(const T* v, const int64_t* ix, const int64_t* ro, const S_t* S, const std::vector<int64_t>& ends,
+                    int64_t n, int64_t nnz, int64_t num_latents, int64_t d, at::opmath_type<T>* grad,
+                    at::opmath_type<T>* sums) {
+  using acc_t = at::opmath_type<T>;
+  std::vector<int64_t> start(num_latents + 1, 0), order(nnz), row(nnz);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t e = ro[r]; e < ro[r + 1]; ++e) row[e] = r;
+  for (int64_t e = 0; e < nnz; ++e) ++start[ix[e] + 1];
+  for (int64_t f = 0; f < num_latents; ++f) start[f + 1] += start[f];
+  {
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t e = 0; e < nnz; ++e) order[fill[ix[e]]++] = e;
+  }
+  at::parallel_for(0, num_latents, 16, [&](int64_t f0, int64_t f1) {
+    for (int64_t f = f0; f < f1; ++f) {
+      acc_t* out = grad + f * d;
+      std::fill(out, out + d, acc_t(0));
+      acc_t total = 0;
+      const int64_t g = group_of(f, ends);
+      for (int64_t q = start[f]; q < start[f + 1]; ++q) {
+        const int64_t e = order[q];
+        const acc_t a = static_cast<acc_t>(v[e]);
+        total += a;
+        if (a == acc_t(0)) continue;
+        const S_t* s = S + (g * n + row[e]) * d;
+        for (int64_t j = 0; j < d; ++j) out[j] += a * static_cast<acc_t>(s[j]);
+      }
+      sums[f] = total;
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor> latent_grad(const Tensor& S_in, const Tensor& values_in, const Tensor& indices_in,
+                                       const Tensor& row_offsets_in, IntArrayRef group_ends, int64_t num_latents,
+                                       at::ScalarType dtype) {
+  check_latent_grad_args(S_in, values_in, indices_in, row_offsets_in, group_ends, num_latents);
+  const Tensor values = values_in.contiguous(), indices = indices_in.contiguous();
+  const Tensor row_offsets = row_offsets_in.contiguous();
+  check_csr_content(indices, row_offsets, num_latents);
+  const auto acc_type = values.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  // S arrives either in the values' dtype (the encoder's x) or in the accumulation dtype (decoder suffix sums).
+  const Tensor S = (S_in.scalar_type() == values.scalar_type() ? S_in : S_in.to(acc_type)).contiguous();
+  const std::vector<int64_t> ends(group_ends.begin(), group_ends.end());
+  const int64_t n = row_offsets.numel() - 1, d = S.size(2), nnz = values.numel();
+  auto grad = at::empty({num_latents, d}, values.options().dtype(acc_type));
+  auto sums = at::empty({num_latents}, values.options().dtype(acc_type));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "latent_grad", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto* v = values.data_ptr<scalar_t>();
+    const auto* ix = indices.data_ptr<int64_t>();
+    const auto* ro = row_offsets.data_ptr<int64_t>();
+    if (S.scalar_type() == values.scalar_type())
+      reduce_latents(v, ix, ro, S.data_ptr<scalar_t>(), ends, n, nnz, num_latents, d, grad.data_ptr<acc_t>(),
+                     sums.data_ptr<acc_t>());
+    else
+      reduce_latents(v, ix, ro, S.data_ptr<acc_t>(), ends, n, nnz, num_latents, d, grad.data_ptr<acc_t>(),
+                     sums.data_ptr<acc_t>());
+  });
+  return {grad.to(dtype), sums.to(dtype)};
+}
+
+}  // namespace cpu
+}  // namespace mx
+
+TORCH_LIBRARY_IMPL(matryoshka_ext, CPU, m) { m.impl("latent_grad", &mx::cpu::latent_grad); }

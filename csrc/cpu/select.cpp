@@ -1,0 +1,179 @@
+// CPU selection kernels: per-row TopK (bounded heap, one pass) and exact BatchTopK (radix select on
+// order-preserving keys, then CSR compaction). Both keep ties for the lower (flat) index.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <vector>
+
+#include "common.h"
+#include "cpu/select_keys.h"
+
+namespace mx {
+namespace cpu {
+namespace {
+
+template <typename T>
+inline T relu_value(T v) {
+  const auto f = static_cast<at::opmath_type<T>>(v);
+  return (f > 0 || std::isnan(f)) ? v : T(0);
+}
+
+template <typename T>
+void topk_rows(const T* pre, int64_t n, int64_t f, int64_t k, T* values, int64_t* indices) {
+  using K = key_type_t<T>;
+  struct Item {
+    K key;
+    int64_t idx;
+  };
+  // Heap top = the worst kept item: smallest key, and among equal keys the largest index.
+  auto better = [](const Item& a, const Item& b) { return a.key > b.key || (a.key == b.key && a.idx < b.idx); };
+  at::parallel_for(0, n, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<Item> heap;
+    heap.reserve(k);
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* row = pre + r * f;
+      heap.clear();
+      for (int64_t j = 0; j < k; ++j) heap.push_back({relu_key(row[j]), j});
+      std::make_heap(heap.begin(), heap.end(), better);
+      for (int64_t j = k; j < f; ++j) {
+        const K key = relu_key(row[j]);
+        // A later index with an equal key never displaces: ties keep the lower index.
+        if (key > heap.front().key) {
+          std::pop_heap(heap.begin(), heap.end(), better);
+          heap.back() = {key, j};
+          std::push_heap(heap.begin(), heap.end(), better);
+        }
+      }
+      std::sort(heap.begin(), heap.end(), [](const Item& a, const Item& b) { return a.idx < b.idx; });
+      for (int64_t j = 0; j < k; ++j) {
+        indices[r * k + j] = heap[j].idx;
+        values[r * k + j] = relu_value(row[heap[j].idx]);
+      }
+    }
+  });
+}
+
+// Finds the K-th largest key over all n*f entries by 16-bit radix digits, most significant first.
+// Returns the threshold key and how many entries equal to it must be kept (the rest are strictly above).
+template <typename T>
+std::pair<key_type_t<T>, int64_t> radix_threshold(const T* pre, int64_t total, int64_t K) {
+  using Key = key_type_t<T>;
+  constexpr int kBits = sizeof(Key) * 8;
+  constexpr int kDigit = 16;
+  constexpr int64_t kBins = int64_t(1) << kDigit;
+  Key prefix = 0;
+  int64_t remaining = K;
+  const int num_threads = at::get_num_threads();
+  std::vector<int64_t> hists(static_cast<size_t>(num_threads) * kBins);
+  for (int shift = kBits - kDigit; shift >= 0; shift -= kDigit) {
+    std::fill(hists.begin(), hists.end(), 0);
+    const int high = shift + kDigit;
+    at::parallel_for(0, total, 1 << 16, [&](int64_t b, int64_t e) {
+      int64_t* h = hists.data() + static_cast<size_t>(at::get_thread_num()) * kBins;
+      for (int64_t i = b; i < e; ++i) {
+        const Key key = relu_key(pre[i]);
+        if (high >= kBits || (key >> high) == prefix) ++h[(key >> shift) & (kBins - 1)];
+      }
+    });
+    int64_t above = 0;
+    int64_t digit = kBins - 1;
+    for (; digit >= 0; --digit) {
+      int64_t c = 0;
+      for (int t = 0; t < num_threads; ++t) c += hists[static_cast<size_t>(t) * kBins + digit];
+      if (above + c >= remaining) break;
+      above += c;
+    }
+    remaining -= above;
+    prefix = static_cast<Key>((prefix << kDigit) | static_cast<Key>(digit));
+  }
+  return {prefix, remaining};
+}
+
+template <typename T>
+Csr batch_topk_impl(const Tensor& pre, int64_t k) {
+  using Key = key_type_t<T>;
+  const int64_t n = pre.size(0), f = pre.size(1), K = n * k;
+  const T* p = pre.data_ptr<T>();
+  const auto [thresh, ties] = radix_threshold<T>(p, n * f, K);
+  // Per row: entries strictly above the threshold, and entries equal to it.
+  std::vector<int64_t> gt(n), eq(n);
+  at::parallel_for(0, n, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t a = 0, b = 0;
+      for (int64_t j = 0; j < f; ++j) {
+        const Key key = relu_key(p[r * f + j]);
+        a += key > thresh;
+        b += key == thresh;
+      }
+      gt[r] = a;
+      eq[r] = b;
+    }
+  });
+  // Ties are granted in flat order: earlier rows first, then lower indices within a row.
+  auto row_offsets = at::empty({n + 1}, pre.options().dtype(at::kLong));
+  int64_t* ro = row_offsets.data_ptr<int64_t>();
+  int64_t left = ties;
+  ro[0] = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t take = std::min(eq[r], left);
+    left -= take;
+    eq[r] = take;
+    ro[r + 1] = ro[r] + gt[r] + take;
+  }
+  TORCH_CHECK(ro[n] == K, "batch_topk: internal error, selected ", ro[n], " of ", K);
+  auto values = at::empty({K}, pre.options());
+  auto indices = at::empty({K}, pre.options().dtype(at::kLong));
+  T* v = values.data_ptr<T>();
+  int64_t* ix = indices.data_ptr<int64_t>();
+  at::parallel_for(0, n, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t out = ro[r], tie_left = eq[r];
+      for (int64_t j = 0; j < f; ++j) {
+        const T x = p[r * f + j];
+        const Key key = relu_key(x);
+        if (key > thresh || (key == thresh && tie_left-- > 0)) {
+          ix[out] = j;
+          v[out++] = relu_value(x);
+        }
+      }
+    }
+  });
+  return {values, indices, row_offsets};
+}
+
+}  // namespace
+
+Csr topk_select(const Tensor& pre_in, int64_t k) {
+  const auto [n, f] = check_select(pre_in, k);
+  const Tensor pre = pre_in.contiguous();
+  auto values = at::empty({n * k}, pre.options());
+  auto indices = at::empty({n * k}, pre.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "topk_select", [&] {
+    topk_rows<scalar_t>(pre.data_ptr<scalar_t>(), n, f, k, values.data_ptr<scalar_t>(),
+                        indices.data_ptr<int64_t>());
+  });
+  auto row_offsets = at::arange(0, n * k + 1, k, pre.options().dtype(at::kLong));
+  return {values, indices, row_offsets};
+}
+
+Csr batch_topk_select(const Tensor& pre_in, int64_t k) {
+  check_select(pre_in, k);
+  const Tensor pre = pre_in.contiguous();
+  Csr out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "batch_topk_select",
+                                  [&] { out = batch_topk_impl<scalar_t>(pre, k); });
+  return out;
+}
+
+}  // namespace cpu
+}  // namespace mx
+
+TORCH_LIBRARY_IMPL(matryoshka_ext, CPU, m) {
+  m.impl("topk_select", &mx::cpu::topk_select);
+  m.impl("batch_topk_select", &mx::cpu::batch_topk_select);
+}

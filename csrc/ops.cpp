@@ -1,0 +1,125 @@
+// Operator schemas (the stable contract), the backend-independent `encode`, shared argument checks, and the
+// Python module stub that lets `import matryoshka_ext._C` load this library.
+#include <Python.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "common.h"
+
+extern "C" {
+// Importing matryoshka_ext._C runs the static TORCH_LIBRARY registrations below; the module itself is empty.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&def);
+}
+}
+
+namespace mx {
+
+void check_decode_args(const Tensor& values, const Tensor& indices, const Tensor& row_offsets, const Tensor& W,
+                       const c10::optional<Tensor>& bias, IntArrayRef group_ends) {
+  check_csr(values, indices, row_offsets);
+  check_weight(W, values, "W_dec");
+  if (bias.has_value()) check_bias(*bias, W, W.size(1), "b_dec");
+  check_group_ends(group_ends, W.size(0));
+}
+
+void check_mse_args(const Tensor& values, const Tensor& indices, const Tensor& row_offsets, const Tensor& W,
+                    const Tensor& bias, const Tensor& target, IntArrayRef group_ends) {
+  check_decode_args(values, indices, row_offsets, W, bias, group_ends);
+  check_float(target, "target");
+  check_dim(target, 2, "target", "[N, d_out]");
+  const int64_t n = row_offsets.numel() - 1;
+  TORCH_CHECK_VALUE(target.size(0) == n && target.size(1) == W.size(1), "target must have shape [N, d_out] = [",
+                    n, ", ", W.size(1), "], got ", target.sizes());
+  check_same_device(target, W, "target", "W_dec");
+}
+
+void check_grouped_dot_args(const Tensor& S, const Tensor& indices, const Tensor& row_offsets, const Tensor& W,
+                            IntArrayRef group_ends) {
+  check_float(S, "S");
+  check_dim(S, 3, "S", "[m, N, d]");
+  check_float(W, "W");
+  check_dim(W, 2, "W", "[F, d]");
+  check_group_ends(group_ends, W.size(0));
+  TORCH_CHECK_VALUE(S.size(0) == static_cast<int64_t>(group_ends.size()) && S.size(1) == row_offsets.numel() - 1 &&
+                        S.size(2) == W.size(1),
+                    "S must have shape [m, N, d] = [", group_ends.size(), ", ", row_offsets.numel() - 1, ", ",
+                    W.size(1), "], got ", S.sizes());
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong && row_offsets.scalar_type() == at::kLong,
+                   "indices and row_offsets must be int64");
+  check_same_device(S, W, "S", "W");
+  check_same_device(indices, W, "indices", "W");
+  check_same_device(row_offsets, W, "row_offsets", "W");
+}
+
+void check_latent_grad_args(const Tensor& S, const Tensor& values, const Tensor& indices,
+                            const Tensor& row_offsets, IntArrayRef group_ends, int64_t num_latents) {
+  const int64_t n = check_csr(values, indices, row_offsets);
+  check_float(S, "S");
+  check_dim(S, 3, "S", "[m, N, d]");
+  check_group_ends(group_ends, num_latents);
+  TORCH_CHECK_VALUE(S.size(0) == static_cast<int64_t>(group_ends.size()) && S.size(1) == n,
+                    "S must have shape [m, N, d] with m = ", group_ends.size(), ", N = ", n, ", got ", S.sizes());
+  check_same_device(S, values, "S", "values");
+}
+
+// Fused encoder: GEMM through ATen (cuBLAS / CPU BLAS), then relu + selection. The N x F pre-activations die
+// here; the backward (registered in Python) needs only the selected entries.
+static Csr encode(const Tensor& x, const Tensor& W_enc, const Tensor& b_enc, int64_t k, bool batch) {
+  check_float(x, "x");
+  check_dim(x, 2, "x", "[N, d_in]");
+  check_dim(W_enc, 2, "W_enc", "[d_in, F]");
+  check_dim(b_enc, 1, "b_enc", "[F]");
+  TORCH_CHECK_VALUE(x.size(0) > 0, "x: empty batch (N == 0)");
+  TORCH_CHECK_VALUE(W_enc.size(0) == x.size(1), "W_enc must have d_in = ", x.size(1), " rows, got shape ",
+                    W_enc.sizes());
+  TORCH_CHECK_VALUE(b_enc.size(0) == W_enc.size(1), "b_enc must have F = ", W_enc.size(1), " entries, got ",
+                    b_enc.size(0));
+  check_same_device(x, W_enc, "x", "W_enc");
+  check_same_device(x, b_enc, "x", "b_enc");
+  check_same_dtype(x, W_enc, "x", "W_enc");
+  check_same_dtype(x, b_enc, "x", "b_enc");
+  check_select(W_enc, k, "W_enc");  // validates k against F before the GEMM
+  const Tensor pre = at::addmm(b_enc, x, W_enc);
+  if (pre.is_cuda()) {
+#ifdef MX_WITH_CUDA
+    return batch ? cuda::batch_topk_select(pre, k) : cuda::topk_select(pre, k);
+#else
+    TORCH_CHECK(false, "matryoshka_ext was built without CUDA kernels; rebuild with MATRYOSHKA_EXT_CUDA=1");
+#endif
+  }
+  return batch ? cpu::batch_topk_select(pre, k) : cpu::topk_select(pre, k);
+}
+
+}  // namespace mx
+
+TORCH_LIBRARY(matryoshka_ext, m) {
+  // Selection of relu(pre) [N, F]: per row (topk) or over the whole batch (batch_topk, k*N entries).
+  // Output is CSR: values [nnz] (pre's dtype), indices [nnz] int64 ascending per row, row_offsets [N+1] int64.
+  m.def("topk_select(Tensor pre, int k) -> (Tensor values, Tensor indices, Tensor row_offsets)");
+  m.def("batch_topk_select(Tensor pre, int k) -> (Tensor values, Tensor indices, Tensor row_offsets)");
+  // relu(x @ W_enc + b_enc) then selection (batch=True: BatchTopK).
+  m.def("encode(Tensor x, Tensor W_enc, Tensor b_enc, int k, bool batch) -> "
+        "(Tensor values, Tensor indices, Tensor row_offsets)");
+  // [m, N, d] in W's dtype: out[i] = bias + sum over entries with index < group_ends[i] of value * W[index].
+  m.def("nested_decode(Tensor values, Tensor indices, Tensor row_offsets, Tensor W, Tensor? bias, "
+        "int[] group_ends) -> Tensor");
+  // [m] float32 (float64 for float64 inputs): mean over N and d of (out[i] - target)^2, without building out.
+  m.def("nested_mse(Tensor values, Tensor indices, Tensor row_offsets, Tensor W, Tensor bias, Tensor target, "
+        "int[] group_ends) -> Tensor");
+  // Backward helpers. S [m, N, d] (accumulation dtype) holds suffix sums over prefixes of dL/dout[i]:
+  // S[j] = sum_{i >= j} dL/dout[i]; nested_mse_backward builds it from grad_loss [m] without out.
+  m.def("nested_mse_backward(Tensor grad_loss, Tensor values, Tensor indices, Tensor row_offsets, Tensor W, "
+        "Tensor bias, Tensor target, int[] group_ends) -> Tensor");
+  // [nnz] in W's dtype: grad_values[e] = <W[index_e], S[group(index_e), row_e]>.
+  m.def("grouped_dot(Tensor S, Tensor indices, Tensor row_offsets, Tensor W, int[] group_ends) -> Tensor");
+  // Latent-major reduction, deterministic: grad_W [F, d] = sum_e value_e * S[group(index_e), row_e] into row
+  // index_e, and value_sums [F] = sum_e value_e per latent; both in `dtype`.
+  m.def("latent_grad(Tensor S, Tensor values, Tensor indices, Tensor row_offsets, int[] group_ends, "
+        "int num_latents, ScalarType dtype) -> (Tensor grad_W, Tensor value_sums)");
+}
+
+TORCH_LIBRARY_IMPL(matryoshka_ext, CompositeExplicitAutograd, m) {
+  m.impl("encode", &mx::encode);
+}

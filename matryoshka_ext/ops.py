@@ -1,0 +1,232 @@
+"""Public ops (the contract in DESIGN.md) over the compiled kernels, with fake kernels and autograd.
+
+Every op validates its arguments (in C++, shared by CPU and CUDA) and raises ValueError / TypeError naming the
+argument. Gradients follow DESIGN.md: the decoder backward uses suffix sums S_j = sum_{i>=j} dL/dr_i, the
+encoder backward touches only the selected entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ._library import ops as _ops
+from .reference import acc_dtype
+from .sparse import SparseActs
+
+_LIB = "matryoshka_ext"
+
+# ---------------------------------------------------------------------------------------------------------
+# Fake (meta) kernels: shapes only, so torch.compile and opcheck can trace the ops.
+
+
+def _fake_csr(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n = pre.shape[0]
+    return pre.new_empty(n * k), pre.new_empty(n * k, dtype=torch.int64), pre.new_empty(n + 1, dtype=torch.int64)
+
+
+@torch.library.register_fake(f"{_LIB}::topk_select")
+def _(pre, k):
+    return _fake_csr(pre, k)
+
+
+@torch.library.register_fake(f"{_LIB}::batch_topk_select")
+def _(pre, k):
+    return _fake_csr(pre, k)
+
+
+@torch.library.register_fake(f"{_LIB}::encode")
+def _(x, W_enc, b_enc, k, batch):
+    return _fake_csr(x, k)
+
+
+@torch.library.register_fake(f"{_LIB}::nested_decode")
+def _(values, indices, row_offsets, W, bias, group_ends):
+    return W.new_empty(len(group_ends), row_offsets.shape[0] - 1, W.shape[1])
+
+
+@torch.library.register_fake(f"{_LIB}::nested_mse")
+def _(values, indices, row_offsets, W, bias, target, group_ends):
+    return W.new_empty(len(group_ends), dtype=acc_dtype(W.dtype))
+
+
+@torch.library.register_fake(f"{_LIB}::nested_mse_backward")
+def _(grad_loss, values, indices, row_offsets, W, bias, target, group_ends):
+    return W.new_empty(len(group_ends), row_offsets.shape[0] - 1, W.shape[1], dtype=acc_dtype(W.dtype))
+
+
+@torch.library.register_fake(f"{_LIB}::grouped_dot")
+def _(S, indices, row_offsets, W, group_ends):
+    return W.new_empty(indices.shape[0])
+
+
+@torch.library.register_fake(f"{_LIB}::latent_grad")
+def _(S, values, indices, row_offsets, group_ends, num_latents, dtype):
+    return S.new_empty(num_latents, S.shape[2], dtype=dtype), S.new_empty(num_latents, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Autograd.
+
+
+def _row_ids(row_offsets: torch.Tensor, nnz: int) -> torch.Tensor:
+    counts = row_offsets[1:] - row_offsets[:-1]
+    return torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts, output_size=nnz)
+
+
+def _select_setup(ctx, inputs, output):
+    values, indices, row_offsets = output
+    ctx.shape = inputs[0].shape
+    ctx.save_for_backward(values, indices, row_offsets)
+
+
+def _select_backward(ctx, grad_values, _gi, _gr):
+    # d relu(pre)/d pre = [pre > 0]; a selected value is relu(pre), so (value > 0) is that mask.
+    values, indices, row_offsets = ctx.saved_tensors
+    n, f = ctx.shape
+    grad = grad_values.new_zeros(n * f)
+    flat = _row_ids(row_offsets, values.numel()) * f + indices
+    grad.index_put_((flat,), grad_values * (values > 0))
+    return grad.view(n, f), None
+
+
+for _name in ("topk_select", "batch_topk_select"):
+    torch.library.register_autograd(f"{_LIB}::{_name}", _select_backward, setup_context=_select_setup)
+
+
+def _encode_setup(ctx, inputs, output):
+    x, W_enc, b_enc, _k, _batch = inputs
+    values, indices, row_offsets = output
+    ctx.save_for_backward(x, W_enc, values, indices, row_offsets)
+
+
+def _encode_backward(ctx, grad_values, _gi, _gr):
+    x, W_enc, values, indices, row_offsets = ctx.saved_tensors
+    f = W_enc.shape[1]
+    g = grad_values * (values > 0)  # dL/dpre at the selected entries; zero elsewhere
+    dx = dW = db = None
+    if ctx.needs_input_grad[0]:
+        # dx_n = sum_f g_nf W_enc[:, f]: a sparse decode against W_enc^T.
+        dx = _ops.nested_decode(g, indices, row_offsets, W_enc.t().contiguous(), None, [f])[0]
+    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        dWt, db = _ops.latent_grad(x.unsqueeze(0), g, indices, row_offsets, [f], f, W_enc.dtype)
+        dW = dWt.t()
+    return dx, dW, db, None, None
+
+
+torch.library.register_autograd(f"{_LIB}::encode", _encode_backward, setup_context=_encode_setup)
+
+
+def _decoder_grads(ctx, S, values, indices, row_offsets, W):
+    """Gradients of (values, W, bias) from suffix sums S [m, N, d]."""
+    gv = gW = gb = None
+    if ctx.needs_input_grad[0]:
+        gv = _ops.grouped_dot(S, indices, row_offsets, W, ctx.group_ends)
+    if ctx.needs_input_grad[3]:
+        gW, _ = _ops.latent_grad(S, values, indices, row_offsets, ctx.group_ends, W.shape[0], W.dtype)
+    if ctx.needs_input_grad[4]:
+        gb = S[0].sum(0).to(W.dtype)
+    return gv, gW, gb
+
+
+def _decode_setup(ctx, inputs, output):
+    values, indices, row_offsets, W, _bias, group_ends = inputs
+    ctx.group_ends = list(group_ends)
+    ctx.save_for_backward(values, indices, row_offsets, W)
+
+
+def _decode_backward(ctx, grad_out):
+    values, indices, row_offsets, W = ctx.saved_tensors
+    S = grad_out.to(acc_dtype(W.dtype)).flip(0).cumsum(0).flip(0)
+    gv, gW, gb = _decoder_grads(ctx, S, values, indices, row_offsets, W)
+    return gv, None, None, gW, gb, None
+
+
+torch.library.register_autograd(f"{_LIB}::nested_decode", _decode_backward, setup_context=_decode_setup)
+
+
+def _mse_setup(ctx, inputs, output):
+    values, indices, row_offsets, W, bias, target, group_ends = inputs
+    ctx.group_ends = list(group_ends)
+    ctx.save_for_backward(values, indices, row_offsets, W, bias, target)
+
+
+def _mse_backward(ctx, grad_loss):
+    values, indices, row_offsets, W, bias, target = ctx.saved_tensors
+    S = _ops.nested_mse_backward(grad_loss, values, indices, row_offsets, W, bias, target, ctx.group_ends)
+    gv, gW, gb = _decoder_grads(ctx, S, values, indices, row_offsets, W)
+    gy = (-S[0]).to(target.dtype) if ctx.needs_input_grad[5] else None
+    return gv, None, None, gW, gb, gy, None
+
+
+torch.library.register_autograd(f"{_LIB}::nested_mse", _mse_backward, setup_context=_mse_setup)
+
+# ---------------------------------------------------------------------------------------------------------
+# Public API.
+
+
+def _ends(group_ends: Sequence[int] | torch.Tensor) -> list[int]:
+    if isinstance(group_ends, torch.Tensor):
+        group_ends = group_ends.tolist()
+    try:
+        return [int(e) for e in group_ends]
+    except TypeError:
+        raise TypeError(f"group_ends must be a sequence of ints, got {type(group_ends).__name__}") from None
+
+
+def _check_acts(acts: SparseActs) -> None:
+    if not isinstance(acts, SparseActs):
+        raise TypeError(f"acts must be a SparseActs, got {type(acts).__name__}")
+
+
+def topk(pre: torch.Tensor, k: int) -> SparseActs:
+    """Per row, the k largest entries of relu(pre).
+
+    pre [N, F] -> SparseActs with k entries per row (indices ascending; ties: lower index wins).
+    """
+    values, indices, row_offsets = _ops.topk_select(pre, k)
+    return SparseActs(values, indices, row_offsets, pre.shape[1])
+
+
+def batch_topk(pre: torch.Tensor, k: int) -> SparseActs:
+    """The k*N largest entries of relu(pre) [N, F] across the whole batch (ties: lower flat index wins)."""
+    values, indices, row_offsets = _ops.batch_topk_select(pre, k)
+    return SparseActs(values, indices, row_offsets, pre.shape[1])
+
+
+def encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int, mode: str = "row") -> SparseActs:
+    """select(relu(x @ W_enc + b_enc)) with a sparse backward.
+
+    x [N, d_in], W_enc [d_in, F], b_enc [F]; mode "row" (TopK) or "batch" (BatchTopK) -> SparseActs [N, F].
+    """
+    if mode not in ("row", "batch"):
+        raise ValueError(f"mode must be 'row' or 'batch', got {mode!r}")
+    values, indices, row_offsets = _ops.encode(x, W_enc, b_enc, k, mode == "batch")
+    return SparseActs(values, indices, row_offsets, W_enc.shape[1])
+
+
+def nested_decode(
+    acts: SparseActs, W_dec: torch.Tensor, b_dec: torch.Tensor | None, group_ends: Sequence[int]
+) -> torch.Tensor:
+    """Every prefix reconstruction in one sparse pass.
+
+    acts [N, F], W_dec [F, d_out], b_dec [d_out] -> [m, N, d_out]; r_i = acts[:, :e_i] @ W_dec[:e_i] + b_dec.
+    """
+    _check_acts(acts)
+    return _ops.nested_decode(acts.values, acts.indices, acts.row_offsets, W_dec, b_dec, _ends(group_ends))
+
+
+def nested_mse(
+    acts: SparseActs,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    target: torch.Tensor,
+    group_ends: Sequence[int],
+) -> torch.Tensor:
+    """[m] per-prefix mean((r_i - target)^2) over N and d_out, without building the [m, N, d_out] output.
+
+    Returned in float32 (float64 for float64 inputs); differentiable in acts.values, W_dec, b_dec and target.
+    """
+    _check_acts(acts)
+    return _ops.nested_mse(acts.values, acts.indices, acts.row_offsets, W_dec, b_dec, target, _ends(group_ends))

@@ -1,0 +1,77 @@
+"""Plain-PyTorch reference of every op: readable, dense, slow. The oracle the C++ and CUDA kernels must match.
+
+Conventions shared with the kernels:
+- selection ranks relu(pre) (NaN counts as the largest value); ties go to the lower (flat) index;
+- selected indices ascend within each row;
+- arithmetic in float32 (float64 for float64 inputs); decoded outputs are cast back to W_dec's dtype, losses
+  stay in the accumulation dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .sparse import SparseActs
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype of a storage dtype: float64 stays, everything else accumulates in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n: int, f: int) -> SparseActs:
+    offsets = torch.zeros(n + 1, dtype=torch.int64, device=vals.device)
+    offsets[1:] = torch.bincount(rows, minlength=n).cumsum(0)
+    return SparseActs(vals, cols, offsets, f)
+
+
+def topk(pre: torch.Tensor, k: int) -> SparseActs:
+    """Per row, the k largest entries of relu(pre) [N, F] -> SparseActs with exactly k entries per row."""
+    n, f = pre.shape
+    act = torch.relu(pre)
+    top = torch.sort(act, dim=1, descending=True, stable=True).indices[:, :k]
+    cols = top.sort(dim=1).values
+    rows = torch.arange(n, device=pre.device).repeat_interleave(k)
+    return _csr(rows, cols.reshape(-1), act.gather(1, cols).reshape(-1), n, f)
+
+
+def batch_topk(pre: torch.Tensor, k: int) -> SparseActs:
+    """The k*N largest entries of relu(pre) [N, F] over the whole batch (ties: lower flat index wins)."""
+    n, f = pre.shape
+    act = torch.relu(pre).reshape(-1)
+    flat = torch.sort(act, descending=True, stable=True).indices[: k * n].sort().values
+    return _csr(flat // f, flat % f, act[flat], n, f)
+
+
+def encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int, mode: str = "row") -> SparseActs:
+    """x [N, d_in], W_enc [d_in, F], b_enc [F] -> SparseActs of select(relu(x @ W_enc + b_enc))."""
+    pre = torch.addmm(b_enc, x, W_enc)
+    return topk(pre, k) if mode == "row" else batch_topk(pre, k)
+
+
+def nested_decode(
+    acts: SparseActs, W_dec: torch.Tensor, b_dec: torch.Tensor | None, group_ends: Sequence[int]
+) -> torch.Tensor:
+    """One dense decode per prefix: [m, N, d_out], r_i = acts[:, :e_i] @ W_dec[:e_i] + b_dec."""
+    acc = acc_dtype(W_dec.dtype)
+    dense = acts.to_dense().to(acc)
+    W = W_dec.to(acc)
+    bias = b_dec.to(acc) if b_dec is not None else torch.zeros(W.shape[1], dtype=acc, device=W.device)
+    outs = [dense[:, :e] @ W[:e] + bias for e in group_ends]
+    return torch.stack(outs).to(W_dec.dtype)
+
+
+def nested_mse(
+    acts: SparseActs,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    target: torch.Tensor,
+    group_ends: Sequence[int],
+) -> torch.Tensor:
+    """[m] per-prefix mean((r_i - target)^2) over N and d_out, computed in the accumulation dtype."""
+    acc = acc_dtype(W_dec.dtype)
+    dense = acts.to_dense().to(acc)
+    W, b, y = W_dec.to(acc), b_dec.to(acc), target.to(acc)
+    return torch.stack([((dense[:, :e] @ W[:e] + b - y) ** 2).mean() for e in group_ends])
