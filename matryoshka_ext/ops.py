@@ -169,10 +169,20 @@ torch.library.register_autograd(f"{_LIB}::nested_mse", _mse_backward, setup_cont
 def _ends(group_ends: Sequence[int] | torch.Tensor) -> list[int]:
     if isinstance(group_ends, torch.Tensor):
         group_ends = group_ends.tolist()
-    try:
-        return [int(e) for e in group_ends]
-    except TypeError:
-        raise TypeError(f"group_ends must be a sequence of ints, got {type(group_ends).__name__}") from None
+    if isinstance(group_ends, (str, bytes)) or not all(
+        isinstance(e, int) or (hasattr(e, "__index__") and not isinstance(e, bool)) for e in group_ends
+    ):
+        raise TypeError(f"group_ends must be a sequence of ints, got {group_ends!r}")
+    return [int(e) for e in group_ends]
+
+
+def _same_device(**tensors: torch.Tensor | None) -> None:
+    """Raise ValueError naming the first tensor on another device than the first one given."""
+    items = [(n, t) for n, t in tensors.items() if t is not None]
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.device != first.device:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}: use one device")
 
 
 def _check_acts(acts: SparseActs) -> None:
@@ -202,6 +212,7 @@ def encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int, mo
     """
     if mode not in ("row", "batch"):
         raise ValueError(f"mode must be 'row' or 'batch', got {mode!r}")
+    _same_device(x=x, W_enc=W_enc, b_enc=b_enc)
     values, indices, row_offsets = _ops.encode(x, W_enc, b_enc, k, mode == "batch")
     return SparseActs(values, indices, row_offsets, W_enc.shape[1])
 
@@ -214,6 +225,7 @@ def nested_decode(
     acts [N, F], W_dec [F, d_out], b_dec [d_out] -> [m, N, d_out]; r_i = acts[:, :e_i] @ W_dec[:e_i] + b_dec.
     """
     _check_acts(acts)
+    _same_device(**{"acts.values": acts.values, "W_dec": W_dec, "b_dec": b_dec})
     return _ops.nested_decode(acts.values, acts.indices, acts.row_offsets, W_dec, b_dec, _ends(group_ends))
 
 
@@ -229,4 +241,5 @@ def nested_mse(
     Returned in float32 (float64 for float64 inputs); differentiable in acts.values, W_dec, b_dec and target.
     """
     _check_acts(acts)
+    _same_device(**{"acts.values": acts.values, "W_dec": W_dec, "b_dec": b_dec, "target": target})
     return _ops.nested_mse(acts.values, acts.indices, acts.row_offsets, W_dec, b_dec, target, _ends(group_ends))

@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -40,13 +42,34 @@ void topk_rows(const T* pre, int64_t n, int64_t f, int64_t k, T* values, int64_t
       heap.clear();
       for (int64_t j = 0; j < k; ++j) heap.push_back({relu_key(row[j]), j});
       std::make_heap(heap.begin(), heap.end(), better);
-      for (int64_t j = k; j < f; ++j) {
-        const K key = relu_key(row[j]);
-        // A later index with an equal key never displaces: ties keep the lower index.
-        if (key > heap.front().key) {
-          std::pop_heap(heap.begin(), heap.end(), better);
-          heap.back() = {key, j};
-          std::push_heap(heap.begin(), heap.end(), better);
+      // Most entries lose against the current k-th best: test blocks of 16 with a branch-free float compare
+      // (!(v <= t) also lets NaN through) and take the exact key path only for blocks with a candidate.
+      using acc_t = at::opmath_type<T>;
+      constexpr int64_t kBlock = 16;
+      for (int64_t j0 = k; j0 < f; j0 += kBlock) {
+        const int64_t j1 = std::min(f, j0 + kBlock);
+        const K worst = heap.front().key;
+        acc_t t;
+        if constexpr (std::is_same_v<K, uint64_t>) {
+          double tv;
+          std::memcpy(&tv, &worst, sizeof(tv));
+          t = worst == K(0) ? acc_t(0) : static_cast<acc_t>(tv);
+        } else {
+          float tv;
+          std::memcpy(&tv, &worst, sizeof(tv));
+          t = worst == K(0) ? acc_t(0) : static_cast<acc_t>(tv);
+        }
+        bool any = false;
+        for (int64_t j = j0; j < j1; ++j) any |= !(static_cast<acc_t>(row[j]) <= t);
+        if (!any) continue;
+        for (int64_t j = j0; j < j1; ++j) {
+          const K key = relu_key(row[j]);
+          // A later index with an equal key never displaces: ties keep the lower index.
+          if (key > heap.front().key) {
+            std::pop_heap(heap.begin(), heap.end(), better);
+            heap.back() = {key, j};
+            std::push_heap(heap.begin(), heap.end(), better);
+          }
         }
       }
       std::sort(heap.begin(), heap.end(), [](const Item& a, const Item& b) { return a.idx < b.idx; });

@@ -1,0 +1,101 @@
+"""TopK / BatchTopK selection: exact agreement with the reference, the tie rule, counts, layouts."""
+
+import pytest
+import torch
+
+import matryoshka_ext as mx
+from matryoshka_ext import reference as ref
+
+from .problems import randint, same_selection
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["topk", "batch_topk"])
+def test_matches_reference_random_shapes(seed, dtype, op):
+    for _ in range(8):
+        N, F = randint(1, 60), randint(1, 500)
+        k = randint(1, F)
+        pre = torch.randn(N, F, dtype=torch.float64).to(dtype)
+        same_selection(getattr(mx, op)(pre, k), getattr(ref, op)(pre, k))
+
+
+@pytest.mark.parametrize("op", ["topk", "batch_topk"])
+@pytest.mark.parametrize("N,F,k", [(1, 1, 1), (1, 7, 7), (5, 9, 1), (3, 129, 129), (17, 1000, 3)])
+def test_edge_shapes(seed, op, N, F, k):
+    pre = torch.randn(N, F)
+    same_selection(getattr(mx, op)(pre, k), getattr(ref, op)(pre, k))
+
+
+@pytest.mark.parametrize("op", ["topk", "batch_topk"])
+def test_ties_go_to_lower_index(seed, op):
+    # Values from a tiny set force many ties, including at the threshold; negatives make zeros tie too.
+    N, F = randint(2, 40), randint(5, 200)
+    pre = torch.randint(-2, 3, (N, F)).float()
+    for k in (1, randint(1, F), F):
+        ours, oracle = getattr(mx, op)(pre, k), getattr(ref, op)(pre, k)
+        same_selection(ours, oracle)
+
+
+def test_batch_topk_keeps_exactly_k_times_n(seed):
+    N, F = randint(2, 50), randint(10, 300)
+    k = randint(1, F)
+    pre = torch.randn(N, F) * (torch.rand(N, 1) * 4)  # rows of different scale: uneven per-row counts
+    acts = mx.batch_topk(pre, k)
+    assert acts.nnz == k * N
+    counts = acts.row_offsets.diff()
+    assert counts.sum() == k * N and (counts >= 0).all()
+    # Everything kept is >= everything dropped.
+    dense = torch.relu(pre)
+    kept = torch.zeros_like(dense, dtype=torch.bool)
+    kept[acts.row_ids(), acts.indices] = True
+    if (~kept).any():
+        assert dense[kept].min() >= dense[~kept].max()
+
+
+def test_fewer_positives_than_k_stores_zeros(seed):
+    F = randint(20, 100)
+    pre = -torch.rand(4, F)
+    pre[0, 3] = 1.5  # one positive in row 0
+    acts = mx.topk(pre, 5)
+    same_selection(acts, ref.topk(pre, 5))
+    assert acts.nnz == 20 and int(acts.l0()[0]) == 1 and int(acts.l0()[1:].sum()) == 0
+    assert (acts.values >= 0).all()
+
+
+def test_indices_ascend_within_rows(seed):
+    pre = torch.randn(randint(1, 30), randint(5, 400))
+    for acts in (mx.topk(pre, 4), mx.batch_topk(pre, 4)):
+        for r in range(acts.num_rows):
+            row = acts.indices[acts.row_offsets[r] : acts.row_offsets[r + 1]]
+            assert (row.diff() > 0).all()
+
+
+def test_non_contiguous_input(seed):
+    base = torch.randn(200, 60)
+    pre = base.t()  # [60, 200], not contiguous
+    assert not pre.is_contiguous()
+    same_selection(mx.topk(pre, 7), ref.topk(pre.contiguous(), 7))
+    same_selection(mx.batch_topk(pre, 7), ref.batch_topk(pre.contiguous(), 7))
+
+
+def test_nan_ranks_highest_like_torch_sort(seed):
+    pre = torch.randn(3, 50)
+    pre[1, 10] = float("nan")
+    for op in ("topk", "batch_topk"):
+        ours, oracle = getattr(mx, op)(pre, 3), getattr(ref, op)(pre, 3)
+        assert torch.equal(ours.indices, oracle.indices)
+        assert torch.equal(ours.values, oracle.values, ) or torch.allclose(
+            ours.values, oracle.values, equal_nan=True
+        )
+
+
+@pytest.mark.parametrize("op", ["topk", "batch_topk"])
+def test_selection_backward_matches_reference(seed, op):
+    pre = torch.randn(randint(1, 30), randint(3, 200), dtype=torch.float64, requires_grad=True)
+    k = randint(1, pre.shape[1])
+    gout = torch.randn(k * pre.shape[0], dtype=torch.float64)
+    g1 = torch.autograd.grad((getattr(mx, op)(pre, k).values * gout).sum(), pre)[0]
+    g2 = torch.autograd.grad((getattr(ref, op)(pre, k).values * gout).sum(), pre)[0]
+    torch.testing.assert_close(g1, g2)
