@@ -1,0 +1,324 @@
+"""Human-readable views of a ``SampleSet``: a markdown report and a self-contained static HTML feature browser.
+
+``write_markdown_report(samples, path)``: per prefix group, the latents that fire most often, each with its
+density, max activation and top contexts (activating token in bold, other active tokens with their value).
+
+``write_browser(samples, path)``: one ``.html`` file, inline CSS/JS and data, no network. A table of latents
+(group, density, max activation, decoder redundancy; filter by group / number, sort by any column); clicking a
+latent shows its top contexts with every token shaded by the latent's activation (hover for the value).
+Contexts are embedded for up to ``max_latents`` latents (a seeded sample of the live latents of each group,
+proportional to group size, plus the ones the markdown report shows) to keep the file small; the others are
+listed with their statistics only.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from typing import Any
+
+import torch
+
+from .samples import SampleSet
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def _md_escape(s: str) -> str:
+    s = s.replace("\n", "⏎").replace("\r", "")
+    for ch in "\\`*_|<>[]#":
+        s = s.replace(ch, "\\" + ch)
+    return s
+
+
+def top_latents_per_group(samples: SampleSet, per_group: int = 5) -> list[list[int]]:
+    """For each prefix group, its ``per_group`` latents with the most firings (live latents only)."""
+    out = []
+    starts = [0] + samples.ends[:-1]
+    for a, b in zip(starts, samples.ends):
+        fc = samples.fire_count[a:b]
+        k = min(per_group, int((fc > 0).sum()))
+        if k == 0:
+            out.append([])
+            continue
+        # stable order: by count descending, then by index
+        order = sorted(range(b - a), key=lambda i: (-int(fc[i]), i))[:k]
+        out.append([a + i for i in order])
+    return out
+
+
+def markdown_report(samples: SampleSet, per_group: int = 5, contexts_per_latent: int = 3) -> str:
+    """The markdown text of ``write_markdown_report``."""
+    vocab = samples.vocab()
+    dens, mx = samples.density(), samples.max_activation()
+    name = samples.meta.get("name", "transcoder")
+    site = samples.meta.get("sites", {})
+    lines = [
+        f"# Activation samples: {name}",
+        "",
+        f"- tokens scanned: {samples.n_tokens} (BOS/pad excluded); top {samples.top_n} contexts kept per latent; "
+        f"window {samples.window[0]} tokens before, {samples.window[1]} after",
+    ]
+    if site:
+        lines.append(f"- sites: `{site.get('input_hook')}` -> `{site.get('output_hook')}`")
+    lines += [
+        f"- live latents: {int((samples.fire_count > 0).sum())} of {samples.num_latents}",
+        "- below: per prefix group, the latents that fire most often. **Bold**: the activating token; "
+        "[x]: the latent's activation on other tokens of the window",
+        "",
+    ]
+    red = samples.stats.get("decoder_max_cos")
+    starts = [0] + samples.ends[:-1]
+    for g, lats in enumerate(top_latents_per_group(samples, per_group)):
+        a, b = starts[g], samples.ends[g]
+        live = int((samples.fire_count[a:b] > 0).sum())
+        lines += [f"## Group {g + 1}: latents {a}–{b - 1} ({live} live of {b - a})", ""]
+        if not lats:
+            lines += ["_No latent of this group fired._", ""]
+            continue
+        for f in lats:
+            extra = f", decoder max cos {_fmt(float(red[f]))}" if red is not None else ""
+            lines.append(
+                f"### Latent {f} — density {_fmt(float(dens[f]))}, max activation {_fmt(float(mx[f]))}{extra}"
+            )
+            lines.append("")
+            for c in samples.contexts(f, vocab)[:contexts_per_latent]:
+                parts = []
+                for i, (tok, act) in enumerate(zip(c["tokens"], c["acts"])):
+                    t = _md_escape(str(tok))
+                    if i == c["center"]:
+                        parts.append(f"**{t}**\u200b[{_fmt(act)}]")
+                    elif act > 0:
+                        parts.append(f"{t}[{_fmt(act)}]")
+                    else:
+                        parts.append(t)
+                lines.append(f"- ({_fmt(c['value'])}) " + "".join(parts))
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown_report(samples: SampleSet, path: str, per_group: int = 5, contexts_per_latent: int = 3) -> str:
+    with open(path, "w") as fh:
+        fh.write(markdown_report(samples, per_group, contexts_per_latent))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ HTML
+def choose_browser_latents(samples: SampleSet, max_latents: int = 2000, seed: int = 0) -> list[int]:
+    """Latents whose contexts go into the page: the report's top latents + a seeded per-group sample of live ones."""
+    gen = torch.Generator().manual_seed(seed)
+    live = (samples.fire_count > 0).nonzero().squeeze(1)
+    chosen = {f for lats in top_latents_per_group(samples) for f in lats}
+    if live.numel() <= max_latents:
+        return sorted(set(live.tolist()))
+    budget = max(0, max_latents - len(chosen))
+    starts = [0] + samples.ends[:-1]
+    n_live = live.numel()
+    for a, b in zip(starts, samples.ends):
+        grp = live[(live >= a) & (live < b)]
+        quota = min(grp.numel(), round(budget * grp.numel() / n_live))
+        if quota:
+            chosen.update(grp[torch.randperm(grp.numel(), generator=gen)[:quota]].tolist())
+    return sorted(chosen)
+
+
+def browser_data(samples: SampleSet, max_latents: int = 2000, contexts_per_latent: int = 10) -> dict[str, Any]:
+    """The JSON the page embeds (columns for the latent table, contexts for the chosen latents)."""
+    vocab = samples.vocab()
+    dens, mx = samples.density(), samples.max_activation()
+    groups = samples.group_of()
+    chosen = choose_browser_latents(samples, max_latents)
+    contexts: dict[str, list] = {}
+    used_ids: set[int] = set()
+    for f in chosen:
+        rows = []
+        for c in samples.contexts(f, vocab)[:contexts_per_latent]:
+            rows.append([round(c["value"], 5), c["token_ids"], [round(a, 4) for a in c["acts"]], c["center"]])
+            used_ids.update(c["token_ids"])
+        contexts[str(f)] = rows
+    has = torch.zeros(samples.num_latents, dtype=torch.bool)
+    if chosen:
+        has[torch.tensor(chosen)] = True
+    red = samples.stats.get("decoder_max_cos")
+    coact = samples.stats.get("coact_max_jaccard")
+    return {
+        "name": samples.meta.get("name", "transcoder"),
+        "sites": samples.meta.get("sites", {}),
+        "n_tokens": samples.n_tokens,
+        "window": list(samples.window),
+        "ends": samples.ends,
+        "vocab": {str(i): vocab.get(i, f"<{i}>") for i in sorted(used_ids)},
+        "latents": {
+            "density": [float(f"{d:.4g}") for d in dens.tolist()],
+            "max": [float(f"{m:.4g}") for m in mx.tolist()],
+            "group": groups.tolist(),
+            "has": has.int().tolist(),
+            "dec_cos": [round(v, 3) for v in red.tolist()] if red is not None else None,
+            "coact": ([round(v, 3) for v in coact.tolist()] if coact is not None else None),
+        },
+        "contexts": contexts,
+    }
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
+header{padding:10px 16px;background:#263238;color:#eceff1}
+header h1{font-size:18px;margin:0 0 4px 0} header div{font-size:13px;opacity:.85}
+#main{display:flex;height:calc(100vh - 70px)}
+#list-panel{width:430px;min-width:330px;border-right:1px solid #ccc;display:flex;flex-direction:column;background:#fff}
+.controls{padding:8px;display:flex;flex-wrap:wrap;gap:6px;font-size:13px;border-bottom:1px solid #eee}
+.controls input[type=text]{width:90px}
+#table-wrap{overflow:auto;flex:1}
+table{border-collapse:collapse;width:100%;font-size:12px}
+th{position:sticky;top:0;background:#eceff1;cursor:pointer;text-align:right;padding:4px 6px;user-select:none}
+td{padding:3px 6px;text-align:right;border-bottom:1px solid #f0f0f0;font-variant-numeric:tabular-nums}
+tr.latent-row{cursor:pointer} tr.latent-row:hover{background:#e3f2fd} tr.selected{background:#bbdefb!important}
+tr.noctx td{color:#999}
+#more{margin:6px}
+#detail{flex:1;overflow:auto;padding:12px 18px}
+#detail h2{margin:0 0 6px 0;font-size:17px} #detail-stats{font-size:13px;color:#555;margin-bottom:10px}
+.context{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px;line-height:1.9;
+  padding:4px 8px;margin:4px 0;background:#fff;border:1px solid #e0e0e0;border-radius:4px;white-space:pre-wrap}
+.context .val{color:#777;font-size:11px;margin-right:8px}
+.tok{white-space:pre;border-radius:2px;padding:1px 0}
+.tok.center{outline:2px solid #d84315;outline-offset:0}
+.tok.nl{color:#999}
+"""
+
+_JS = r"""
+(function(){
+const D = JSON.parse(document.getElementById('data').textContent);
+const L = D.latents, F = L.density.length;
+const $ = id => document.getElementById(id);
+let order = [], shown = 0, selected = -1;
+const PAGE = 300;
+function fmt(v){ if(v===null||v===undefined) return '–'; if(v===0) return '0';
+  const a=Math.abs(v); return (a>=1e4||a<1e-3)? v.toExponential(2) : v.toPrecision(3); }
+function tokText(id){ const s = D.vocab[String(id)]; return s===undefined ? '<'+id+'>' : s; }
+function build(){
+  const g = $('group').value, q = $('search').value.trim(), only = $('onlyctx').checked, key = $('sort').value;
+  order = [];
+  for(let f=0; f<F; f++){
+    if(g!=='all' && L.group[f]!==+g) continue;
+    if(only && !L.has[f]) continue;
+    if(q!=='' && String(f).indexOf(q)!==0) continue;
+    order.push(f);
+  }
+  const col = key==='index'? null : (key==='dec_cos'? L.dec_cos : key==='coact'? L.coact : L[key]);
+  if(col) order.sort((a,b)=> (col[b]-col[a]) || (a-b));
+  shown = 0; $('tbody').innerHTML=''; more();
+  $('count').textContent = order.length + ' latents';
+}
+function more(){
+  const tb = $('tbody'), frag = document.createDocumentFragment();
+  const end = Math.min(order.length, shown+PAGE);
+  for(let i=shown;i<end;i++){
+    const f = order[i], tr = document.createElement('tr');
+    tr.className = 'latent-row' + (L.has[f]? '' : ' noctx') + (f===selected? ' selected':'');
+    tr.dataset.latent = f;
+    const cells = [f, L.group[f]+1, fmt(L.density[f]), fmt(L.max[f])];
+    if(L.dec_cos) cells.push(fmt(L.dec_cos[f]));
+    for(const c of cells){ const td=document.createElement('td'); td.textContent=c; tr.appendChild(td); }
+    tr.addEventListener('click', ()=>show(f));
+    frag.appendChild(tr);
+  }
+  tb.appendChild(frag); shown = end;
+  $('more').style.display = shown < order.length ? '' : 'none';
+}
+function show(f){
+  selected = f;
+  for(const tr of document.querySelectorAll('tr.selected')) tr.classList.remove('selected');
+  const row = document.querySelector('tr[data-latent="'+f+'"]'); if(row) row.classList.add('selected');
+  $('detail-title').textContent = 'Latent ' + f + ' (group ' + (L.group[f]+1) + ')';
+  let st = 'density ' + fmt(L.density[f]) + ' · max activation ' + fmt(L.max[f]);
+  if(L.dec_cos) st += ' · decoder max cosine to another latent ' + fmt(L.dec_cos[f]);
+  if(L.coact && f < L.coact.length) st += ' · max co-activation Jaccard ' + fmt(L.coact[f]);
+  $('detail-stats').textContent = st;
+  const box = $('contexts'); box.innerHTML='';
+  const rows = D.contexts[String(f)];
+  if(!rows){ const p=document.createElement('p');
+    p.textContent = L.density[f]>0 ? 'Contexts of this latent are not embedded in this page (see --browser-latents).'
+                                   : 'This latent never fired on the scanned tokens.';
+    box.appendChild(p); return; }
+  const top = rows.length? rows[0][0] : 1;
+  for(const [val, toks, acts, center] of rows){
+    const div = document.createElement('div'); div.className='context';
+    const v = document.createElement('span'); v.className='val'; v.textContent = fmt(val); div.appendChild(v);
+    toks.forEach((t,i)=>{
+      const s = document.createElement('span'); let txt = tokText(t);
+      s.className = 'tok' + (i===center? ' center':'');
+      if(txt.indexOf('\n')>=0){ txt = txt.replace(/\n/g,'\u23ce'); s.classList.add('nl'); }
+      s.textContent = txt;
+      const a = acts[i];
+      if(a>0){ const al = Math.min(1, a/top); s.style.background = 'rgba(255,87,34,'+al.toFixed(3)+')'; }
+      s.title = 'token ' + t + ' · activation ' + fmt(a);
+      div.appendChild(s);
+    });
+    box.appendChild(div);
+  }
+}
+const gsel = $('group');
+D.ends.forEach((e,i)=>{ const o=document.createElement('option'); o.value=i;
+  o.textContent='group '+(i+1)+' (<'+e+')'; gsel.appendChild(o); });
+if(!L.dec_cos){ $('th-dec').remove(); $('sort').querySelector('option[value=dec_cos]').remove(); }
+if(!L.coact){ $('sort').querySelector('option[value=coact]').remove(); }
+for(const id of ['group','sort','onlyctx']) $(id).addEventListener('change', build);
+$('search').addEventListener('input', build);
+$('more').addEventListener('click', more);
+for(const th of document.querySelectorAll('th[data-sort]'))
+  th.addEventListener('click', ()=>{ $('sort').value = th.dataset.sort; build(); });
+let site = D.sites && D.sites.input_hook ? (D.sites.input_hook + ' \u2192 ' + D.sites.output_hook + ' · ') : '';
+$('summary').textContent = site + D.n_tokens + ' tokens scanned · ' + F + ' latents · ' +
+  Object.keys(D.contexts).length + ' with contexts embedded';
+build();
+})();
+"""
+
+
+def browser_html(samples: SampleSet, max_latents: int = 2000, contexts_per_latent: int = 10) -> str:
+    """The complete page as a string (see ``write_browser``)."""
+    data = browser_data(samples, max_latents, contexts_per_latent)
+    payload = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    payload = payload.replace("</", "<\\/").replace("<!--", "<\\!--")  # cannot close the script element
+    title = html.escape(f"Feature browser — {data['name']}")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>{_CSS}</style></head>
+<body>
+<header><h1>{title}</h1><div id="summary"></div></header>
+<div id="main">
+<aside id="list-panel">
+  <div class="controls">
+    <label>group <select id="group"><option value="all">all</option></select></label>
+    <label>sort <select id="sort"><option value="density">density</option><option value="max">max act.</option>
+      <option value="dec_cos">decoder cos</option><option value="coact">co-activation</option>
+      <option value="index">index</option></select></label>
+    <label>latent # <input id="search" type="text" placeholder="prefix"></label>
+    <label><input id="onlyctx" type="checkbox" checked> with contexts</label>
+    <span id="count"></span>
+  </div>
+  <div id="table-wrap"><table id="latents"><thead><tr>
+    <th data-sort="index">latent</th><th>group</th><th data-sort="density">density</th>
+    <th data-sort="max">max act.</th><th id="th-dec" data-sort="dec_cos">dec. cos</th>
+  </tr></thead><tbody id="tbody"></tbody></table>
+  <button id="more">show more</button></div>
+</aside>
+<section id="detail"><h2 id="detail-title">Click a latent to see its top activating contexts</h2>
+<div id="detail-stats"></div><div id="contexts"></div></section>
+</div>
+<script id="data" type="application/json">{payload}</script>
+<script>{_JS}</script>
+</body></html>
+"""
+
+
+def write_browser(samples: SampleSet, path: str, max_latents: int = 2000, contexts_per_latent: int = 10) -> str:
+    """Write the self-contained HTML feature browser to ``path``; returns it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(browser_html(samples, max_latents, contexts_per_latent))
+    return path

@@ -1,0 +1,320 @@
+"""Command-line entry points: ``eval``, ``compare`` and ``samples`` (wired into ``matryoshka_ext.cli``).
+
+    matryoshka-ext eval TRANSCODER [--n-tokens 16384] [--splice-tokens 4096] [--out DIR] ...
+    matryoshka-ext compare A B [C ...] [--names a,b,c] [--out DIR] ...
+    matryoshka-ext samples TRANSCODER [--n-tokens 65536] [--top-n 16] [--window 16,4] [--out DIR] ...
+
+TRANSCODER is anything ``load_transcoder`` reads: our run / checkpoint / ``save_pretrained`` folder, a Gemma
+Scope ``params.npz``, a Gemma Scope 2 ``params.safetensors``, a SAELens folder, or ``hf:OWNER/REPO/FOLDER``.
+
+Shared flags (all commands):
+  --model NAME          language model (data.models.load_model); default: the transcoder's recorded model, else
+                        gemma-3-270m-offline
+  --layer L             transcoded block; default: the layer recorded with the transcoder (required otherwise)
+  --input-hook/--output-hook  hook templates with {layer}; default Gemma Scope's ln2.hook_normalized ->
+                        hook_mlp_out (data.sites)
+  --dataset, --split, --dataset-subset, --text-field, --streaming
+                        held-out text (default: the offline Debian corpus, split "eval")
+  --context-size T      tokens per context (BOS first; BOS/pad positions are excluded everywhere)
+  --batch-contexts B    contexts per language-model forward
+  --device              auto | cpu | cuda | cuda:N;   --model-dtype float32 | bfloat16 | float16
+  --mode                our transcoders' selection: jumprelu (inference, default), batch or row
+  --out DIR             output folder (default: eval_out/<command>-<name>)
+  --no-progress         no progress bar
+eval/compare: --n-tokens, --splice-tokens (0 = no spliced loss), --splice-batch-contexts, --splice-prefixes
+  (all | last | 1,3,5), --dense-threshold, --chunk-tokens; compare: --names (comma-separated display names).
+samples: --n-tokens, --top-n, --window LEFT,RIGHT, --report-latents (per group, markdown), --browser-latents
+  (latents whose contexts are embedded in the HTML), --browser-contexts, --coact-latents (co-activation is
+  counted among the first this-many latents; 0 = off), --redundancy auto | on | off (decoder max-cosine;
+  auto = when F^2 * d_out <= 2e12 multiply-adds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from typing import Any
+
+OFFLINE_MODEL = "gemma-3-270m-offline"
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags shared by eval, compare and samples (see the module docstring)."""
+    g = p.add_argument_group("model, sites and data")
+    g.add_argument("--model", default=None, help=f"language model (default: recorded one, else {OFFLINE_MODEL})")
+    g.add_argument("--layer", type=int, default=None, help="transcoded block (default: recorded with the transcoder)")
+    g.add_argument("--input-hook", default=None, help="input hook template, {layer} filled in (default: Gemma's)")
+    g.add_argument("--output-hook", default=None, help="output hook template (default: blocks.{layer}.hook_mlp_out)")
+    g.add_argument("--dataset", default="offline", help="text: 'offline', a local file/folder, or a hub dataset id")
+    g.add_argument("--split", default="eval", help="split of the text (default: the held-out 'eval' split)")
+    g.add_argument("--dataset-subset", default=None, help="dataset config name (e.g. sample-10BT)")
+    g.add_argument("--text-field", default="text", help="text column of the dataset")
+    g.add_argument("--streaming", action="store_true", help="stream the dataset")
+    g.add_argument("--context-size", type=int, default=128, help="tokens per context (BOS first)")
+    g.add_argument("--batch-contexts", type=int, default=8, help="contexts per language-model forward")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--mode", default="jumprelu", choices=["jumprelu", "batch", "row"],
+                   help="selection for our transcoders (jumprelu = inference)")
+    g.add_argument("--out", default=None, help="output folder")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_eval_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--n-tokens", type=int, default=16_384, help="tokens for fidelity/sparsity metrics")
+    g.add_argument("--splice-tokens", type=int, default=4_096,
+                   help="next-token predictions scored with the spliced model (0 = skip the LM-loss metrics)")
+    g.add_argument("--splice-batch-contexts", type=int, default=2, help="contexts per spliced forward")
+    g.add_argument("--splice-prefixes", default="all", help="all, last, or comma-separated 1-based prefixes")
+    g.add_argument("--dense-threshold", type=float, default=0.1, help="dense = fires on more than this fraction")
+    g.add_argument("--chunk-tokens", type=int, default=4096, help="rows per transcoder call")
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    """``matryoshka-ext eval TRANSCODER ...``"""
+    p.add_argument("transcoder", help="transcoder path (any supported format) or hf:OWNER/REPO/FOLDER")
+    add_common_arguments(p)
+    _add_eval_flags(p)
+
+
+def add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    """``matryoshka-ext compare A B ...``"""
+    p.add_argument("transcoders", nargs="+", help="two or more transcoders (any supported formats)")
+    p.add_argument("--names", default=None, help="comma-separated display names, one per transcoder")
+    add_common_arguments(p)
+    _add_eval_flags(p)
+
+
+def add_samples_arguments(p: argparse.ArgumentParser) -> None:
+    """``matryoshka-ext samples TRANSCODER ...``"""
+    p.add_argument("transcoder", help="transcoder path (any supported format) or hf:OWNER/REPO/FOLDER")
+    add_common_arguments(p)
+    g = p.add_argument_group("samples")
+    g.add_argument("--n-tokens", type=int, default=65_536, help="tokens to scan")
+    g.add_argument("--top-n", type=int, default=16, help="contexts kept per latent")
+    g.add_argument("--window", default="16,4", help="tokens shown before,after the activating token")
+    g.add_argument("--report-latents", type=int, default=5, help="latents per group in the markdown report")
+    g.add_argument("--browser-latents", type=int, default=2000, help="latents with contexts in the HTML browser")
+    g.add_argument("--browser-contexts", type=int, default=10, help="contexts per latent in the HTML browser")
+    g.add_argument("--coact-latents", type=int, default=1024, help="co-activation among the first N latents (0=off)")
+    g.add_argument("--redundancy", default="auto", choices=["auto", "on", "off"], help="decoder max-cosine stats")
+    g.add_argument("--chunk-tokens", type=int, default=4096, help="rows per transcoder call")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _load_transcoders(paths: list[str], names: list[str] | None, args: argparse.Namespace) -> list[Any]:
+    from ..loaders import load_transcoder
+
+    dev = _device(args.device)
+    out = []
+    for i, p in enumerate(paths):
+        name = names[i] if names else None
+        out.append(load_transcoder(p, device=dev, name=name, mode=args.mode))
+    seen: dict[str, int] = {}
+    for t in out:  # display names must be unique: suffix repeats
+        if t.name in seen:
+            seen[t.name] += 1
+            t.name = f"{t.name}#{seen[t.name]}"
+        else:
+            seen[t.name] = 1
+    return out
+
+
+def _sites(args: argparse.Namespace, tcs: list[Any]) -> Any:
+    from ..data.sites import sites_for
+
+    layers = {t.meta.get("layer") for t in tcs} - {None}
+    layer = args.layer
+    if layer is None:
+        if len(layers) != 1:
+            raise SystemExit(
+                f"cannot tell the layer ({'transcoders disagree: ' + str(sorted(layers)) if layers else 'not recorded'}"
+                "): pass --layer"
+            )
+        layer = layers.pop()
+    elif layers - {layer}:
+        print(f"warning: --layer {layer} differs from the recorded layer(s) {sorted(layers)}", file=sys.stderr)
+    return sites_for(layer, args.input_hook, args.output_hook)
+
+
+def _lm(args: argparse.Namespace, tcs: list[Any]) -> Any:
+    import torch
+
+    from ..data.models import load_model
+
+    name = args.model or next((t.meta["model_name"] for t in tcs if t.meta.get("model_name")), None) or OFFLINE_MODEL
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.model_dtype]
+    model = load_model(name, device=_device(args.device), dtype=dtype)
+    model.eval()
+    return model, name
+
+
+def _contexts(args: argparse.Namespace, model: Any) -> Any:
+    from ..data.text import text_dataset
+    from ..data.tokens import token_contexts
+
+    texts = text_dataset(
+        args.dataset, split=args.split, streaming=args.streaming, text_field=args.text_field,
+        subset=args.dataset_subset,
+    )
+    return token_contexts(texts, model, args.context_size, prepend_bos=True)
+
+
+def _check_widths(model: Any, sites: Any, tcs: list[Any]) -> None:
+    import torch
+
+    with torch.no_grad():
+        _, cache = model.run_with_cache(
+            torch.zeros(1, 2, dtype=torch.long, device=model.cfg.device),
+            names_filter=list(sites.hooks), stop_at_layer=sites.layer + 1,
+        )
+    d_in, d_out = cache[sites.input_hook].shape[-1], cache[sites.output_hook].shape[-1]
+    for t in tcs:
+        if (t.d_in, t.d_out) != (d_in, d_out):
+            raise SystemExit(
+                f"{t.name}: transcoder maps {t.d_in} -> {t.d_out}, but the sites {sites.input_hook} -> "
+                f"{sites.output_hook} are {d_in} -> {d_out}"
+            )
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")[:80] or "transcoder"
+
+
+def _eval_config(args: argparse.Namespace) -> Any:
+    from .evaluate import EvalConfig
+
+    return EvalConfig(
+        n_tokens=args.n_tokens,
+        splice_tokens=args.splice_tokens,
+        batch_contexts=args.batch_contexts,
+        splice_batch_contexts=args.splice_batch_contexts,
+        splice_prefixes=args.splice_prefixes if args.splice_prefixes in ("all", "last") else
+        [int(s) for s in args.splice_prefixes.split(",") if s.strip()],
+        dense_threshold=args.dense_threshold,
+        chunk_tokens=args.chunk_tokens,
+    )
+
+
+def _run_eval(args: argparse.Namespace, paths: list[str], names: list[str] | None, command: str) -> dict[str, Any]:
+    from .evaluate import evaluate
+
+    cfg = _eval_config(args)
+    cfg.validate()
+    tcs = _load_transcoders(paths, names, args)
+    sites = _sites(args, tcs)
+    model, model_name = _lm(args, tcs)
+    _check_widths(model, sites, tcs)
+    contexts = _contexts(args, model)
+    res = evaluate(tcs, model, sites, contexts, cfg, progress=not args.no_progress)
+    res["meta"] = {
+        "command": command,
+        "model": model_name,
+        "dataset": f"{args.dataset} [{args.split}]",
+        "context_size": args.context_size,
+        "transcoders": ", ".join(paths),
+    }
+    return res
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def eval_command(args: argparse.Namespace) -> int:
+    """Evaluate one transcoder; writes eval.json, eval.md and plots to --out. Returns the exit status."""
+    from .report import write_eval
+
+    res = _run_eval(args, [args.transcoder], None, "eval")
+    out = args.out or os.path.join("eval_out", "eval-" + _slug(res["transcoders"][0]["name"]))
+    paths = write_eval(res, out)
+    _print_summary(res)
+    print(f"wrote {', '.join(sorted(os.path.basename(p) for p in paths.values()))} to {out}")
+    return 0
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    """Evaluate several transcoders on the same tokens; writes compare.md, eval.json and plots to --out."""
+    from .report import write_compare
+
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    if names is not None and len(names) != len(args.transcoders):
+        raise SystemExit(f"--names has {len(names)} entries for {len(args.transcoders)} transcoders")
+    res = _run_eval(args, list(args.transcoders), names, "compare")
+    out = args.out or os.path.join("eval_out", "compare")
+    paths = write_compare(res, out)
+    _print_summary(res)
+    print(f"wrote {', '.join(sorted(os.path.basename(p) for p in paths.values()))} to {out}")
+    return 0
+
+
+def samples_command(args: argparse.Namespace) -> int:
+    """Collect top activating contexts; writes samples.{safetensors,json}, samples.md and browser.html."""
+    import torch
+
+    from .browser import write_browser, write_markdown_report
+    from .interp import CoactivationStats, decoder_redundancy
+    from .samples import collect_samples
+
+    left, right = (int(v) for v in args.window.split(","))
+    (tc,) = _load_transcoders([args.transcoder], None, args)
+    sites = _sites(args, [tc])
+    model, model_name = _lm(args, [tc])
+    _check_widths(model, sites, [tc])
+    contexts = _contexts(args, model)
+    coact = None
+    if args.coact_latents > 0:
+        coact = CoactivationStats(tc.num_latents, args.coact_latents, device=model.cfg.device)
+    samples = collect_samples(
+        tc, model, sites, contexts, n_tokens=args.n_tokens, top_n=args.top_n, window=(left, right),
+        batch_contexts=args.batch_contexts, chunk_tokens=args.chunk_tokens, progress=not args.no_progress,
+        on_acts=coact.update if coact is not None else None,
+    )
+    if coact is not None:
+        v, i = coact.max_jaccard()
+        samples.stats["coact_max_jaccard"], samples.stats["coact_partner"] = v, i
+    W = tc.decoder_weights()
+    cost = tc.num_latents**2 * tc.d_out
+    if W is not None and (args.redundancy == "on" or (args.redundancy == "auto" and cost <= 2e12)):
+        with torch.no_grad():
+            v, i = decoder_redundancy(W.detach())
+        samples.stats["decoder_max_cos"], samples.stats["decoder_max_cos_partner"] = v, i
+    samples.meta.update(model=model_name, dataset=f"{args.dataset} [{args.split}]", transcoder=args.transcoder)
+    out = args.out or os.path.join("eval_out", "samples-" + _slug(tc.name))
+    samples.save(out)
+    write_markdown_report(samples, os.path.join(out, "samples.md"), per_group=args.report_latents)
+    write_browser(samples, os.path.join(out, "browser.html"), args.browser_latents, args.browser_contexts)
+    live = int((samples.fire_count > 0).sum())
+    print(f"{samples.n_tokens} tokens scanned; {live}/{tc.num_latents} latents fired")
+    print(f"wrote samples.safetensors, samples.json, samples.md, browser.html to {out}")
+    return 0
+
+
+def _print_summary(res: dict[str, Any]) -> None:
+    c = res["clean"]
+    if "ce" in c:
+        print(f"clean CE {c['ce']:.4f} | zero-abl. {c['ce_zero_ablation']:.4f} | mean-abl. {c['ce_mean_ablation']:.4f}")
+    for t in res["transcoders"]:
+        for p in t["prefixes"]:
+            dce = "" if p["delta_ce"] is None else f" dCE {p['delta_ce']:+.4f} KL {p['kl']:.4f}"
+            print(f"{t['name']} prefix {p['prefix']} ({p['latents']} latents): L0 {p['l0_mean']:.1f} "
+                  f"FVU {p['fvu']:.4f} cos {p['cosine']:.3f}{dce}")
+        print(f"{t['name']}: dead {t['sparsity']['dead']}, dense {t['sparsity']['dense']}")
+
+
+COMMANDS = {
+    "eval": ("evaluate a transcoder: fidelity, sparsity and spliced LM loss per prefix", add_eval_arguments,
+             eval_command),
+    "compare": ("evaluate several transcoders on the same tokens and sites", add_compare_arguments, compare_command),
+    "samples": ("top activating contexts per latent, markdown report and HTML feature browser",
+                add_samples_arguments, samples_command),
+}
