@@ -1,0 +1,124 @@
+"""Command line: `matryoshka-ext <command> ...` (also `python -m matryoshka_ext.cli <command> ...`).
+
+Commands live in one table, `COMMANDS`. To add one (eval, compare, samples, export, ...), write a function
+that adds its arguments and one that runs it, then register both:
+
+    def _eval_args(p: argparse.ArgumentParser) -> None: p.add_argument("path")
+    def _eval(args: argparse.Namespace) -> int: ...; return 0
+    register_command("eval", "evaluate a trained transcoder", _eval_args, _eval)
+
+Heavy imports belong inside the run function, so `matryoshka-ext --help` stays fast.
+
+`train` builds a TrainConfig from: defaults (the offline Gemma 3 270M run) < `--config FILE` (YAML/JSON)
+< `--field value` flags (`--lr 1e-3`, `--total-tokens 2e6`, `--transcoder.k 32` or flat `--k 32`,
+`--group-sizes 256,256,512`, `--wandb-mode disabled`). With `--resume DIR` the checkpoint's own config is
+the base instead of the defaults, and flags still override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def register_command(
+    name: str,
+    help: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+) -> None:
+    """Add a subcommand (replacing any of the same name)."""
+    COMMANDS[name] = Command(name, help, add_arguments, run)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# train
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    from .config import add_config_arguments
+
+    p.add_argument("--config", metavar="FILE", help="YAML or JSON TrainConfig (flags override it)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    add_config_arguments(p)
+
+
+def train_config_from_args(args: argparse.Namespace):
+    """The TrainConfig a `train` command line describes (see the module docstring for precedence)."""
+    from .config import TrainConfig, config_from_sources, merge_dicts, overrides_from_args
+
+    overrides = overrides_from_args(args)
+    resume = overrides.get("resume")
+    if resume:
+        from .training.checkpoint import load_checkpoint_config
+
+        base = load_checkpoint_config(resume).to_dict()
+        if args.config:
+            from .config import read_config_file
+
+            base = merge_dicts(base, read_config_file(args.config))
+        return TrainConfig.from_dict(merge_dicts(base, overrides))
+    return config_from_sources(TrainConfig, args.config, overrides)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+
+    try:
+        cfg = train_config_from_args(args)
+    except ConfigError as e:
+        print(f"matryoshka-ext train: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    from .training import run_training
+
+    result = run_training(cfg)
+    print("\n".join(result.summary_lines()))
+    return 0
+
+
+register_command("train", "train a Matryoshka transcoder (no flags: offline default)", _train_args, _train)
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="matryoshka-ext", description="Matryoshka transcoders on fused sparse kernels."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for cmd in COMMANDS.values():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `matryoshka-ext` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

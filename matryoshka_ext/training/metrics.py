@@ -1,0 +1,209 @@
+"""Metrics: names (SAELens-style, per-prefix, and the original project's), the W&B run, the progress bar.
+
+Metrics are read from the training step's own output and the model's buffers, so logging them draws no
+random numbers and changes no training state. `evaluate` runs extra batches in eval mode under no_grad with
+stat updates off, and restores the mode afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from ..transcoder import MatryoshkaTranscoder, TranscoderOutput
+
+
+def step_metrics(
+    out: TranscoderOutput,
+    model: MatryoshkaTranscoder,
+    lr: float,
+    tokens_seen: int,
+    tokens_per_second: float | None = None,
+) -> dict[str, float]:
+    """Every logged metric of one training step (one host sync)."""
+    cfg = model.cfg
+    dead = model.dead_mask()
+    packed = torch.cat(
+        [
+            out.loss.detach().float().reshape(1),
+            out.aux_loss.detach().float().reshape(1),
+            out.l0.float().reshape(1),
+            dead.sum().float().reshape(1),
+            out.mse.detach().float(),
+            out.fvu.float(),
+            out.prefix_l0.float(),
+            torch.stack([dead[:e].sum() for e in cfg.group_ends]).float(),
+            model.threshold.float().reshape(1),
+        ]
+    ).tolist()
+    m = cfg.num_groups
+    loss, aux, l0, n_dead = packed[:4]
+    mse = packed[4 : 4 + m]
+    fvu = packed[4 + m : 4 + 2 * m]
+    pl0 = packed[4 + 2 * m : 4 + 3 * m]
+    pdead = packed[4 + 3 * m : 4 + 4 * m]
+    threshold = packed[-1]
+    w = cfg.weights
+    nested = sum(wi * mi for wi, mi in zip(w, mse))
+    F = cfg.dict_size
+    metrics: dict[str, float] = {
+        # SAELens-style
+        "losses/overall_loss": loss,
+        "losses/mse_loss": mse[-1],
+        "losses/nested_mse_loss": nested,
+        "losses/auxiliary_reconstruction_loss": aux,
+        "metrics/explained_variance": 1.0 - fvu[-1],
+        "metrics/fvu": fvu[-1],
+        "metrics/l0": l0,
+        "sparsity/dead_features": n_dead,
+        "sparsity/dead_features_fraction": n_dead / F,
+        "details/current_learning_rate": lr,
+        "details/n_training_tokens": float(tokens_seen),
+        "details/jumprelu_threshold": threshold,
+        # the original project's names
+        "loss": loss,
+        "fvu": fvu[-1],
+        "fvu_min": min(fvu),
+        "fvu_max": max(fvu),
+        "fvu_mean": sum(fvu) / m,
+        "l0_norm": l0,
+        "aux_loss": aux,
+        "dead_features_percentage": 100.0 * n_dead / F,
+        "learning_rate": lr,
+    }
+    for i, e in enumerate(cfg.group_ends):
+        p = f"prefix_{i + 1}"
+        metrics[f"{p}/mse"] = mse[i]
+        metrics[f"{p}/fvu"] = fvu[i]
+        metrics[f"{p}/explained_variance"] = 1.0 - fvu[i]
+        metrics[f"{p}/l0"] = pl0[i]
+        metrics[f"{p}/dead_features_fraction"] = pdead[i] / e
+    if tokens_per_second is not None:
+        metrics["performance/tokens_per_second"] = tokens_per_second
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(
+    model: MatryoshkaTranscoder, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
+) -> dict[str, Any] | None:
+    """Token-weighted per-prefix FVU (sum of squared errors / sum of variances), L0 and dead fraction on
+    held-out batches, with the training selection. Changes no state (eval mode, no_grad, no stat updates)."""
+    was_training = model.training
+    model.eval()
+    sse = var = None
+    l0 = 0.0
+    n = 0
+    try:
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            out = model(x, y, update_stats=False)
+            ys = y.float() * model.y_scale
+            v = (ys - ys.mean(0)).pow(2).sum()
+            s = out.mse.float() * ys.numel()
+            sse = s if sse is None else sse + s
+            var = v if var is None else var + v
+            l0 += float(out.l0) * x.shape[0]
+            n += x.shape[0]
+    finally:
+        model.train(was_training)
+    if not n:
+        return None
+    fvu = (sse / var).tolist()
+    return {
+        "tokens": n,
+        "fvu": fvu,
+        "l0": l0 / n,
+        "dead_fraction": float(model.dead_mask().float().mean()),
+    }
+
+
+class RunLogger:
+    """Metrics to W&B (online, offline or disabled), to `metrics.jsonl` in the run folder, and a tqdm bar."""
+
+    def __init__(
+        self,
+        run_dir: str,
+        config: dict[str, Any],
+        total_tokens: int,
+        initial_tokens: int = 0,
+        wandb_mode: str = "offline",
+        wandb_project: str = "matryoshka-ext",
+        wandb_entity: str | None = None,
+        run_name: str | None = None,
+        wandb_id: str | None = None,
+        progress: bool = True,
+    ) -> None:
+        os.makedirs(run_dir, exist_ok=True)
+        self.jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+        self.wandb_run = None
+        self.wandb_id = wandb_id
+        if wandb_mode != "disabled":
+            import uuid
+
+            import wandb
+
+            if wandb_id is None:  # kept in checkpoints, so a resumed run continues the same W&B run
+                wandb_id = uuid.uuid4().hex[:12]
+            self.wandb_id = wandb_id
+            self.wandb_run = wandb.init(
+                project=wandb_project,
+                entity=wandb_entity,
+                name=run_name,
+                id=wandb_id,
+                resume="allow",
+                mode=wandb_mode,
+                dir=os.environ.get("WANDB_DIR", run_dir),
+                config=config,
+                settings=wandb.Settings(silent=True),
+            )
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=total_tokens,
+                initial=initial_tokens,
+                unit="tok",
+                unit_scale=True,
+                dynamic_ncols=True,
+                desc="train",
+            )
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=step)
+        if self.bar is not None:
+            fvus = [v for k, v in metrics.items() if k.startswith("prefix_") and k.endswith("/fvu")]
+            self.bar.set_postfix(
+                loss=f"{metrics['loss']:.3g}",
+                fvu="/".join(f"{v:.2f}" for v in fvus),
+                l0=f"{metrics['l0_norm']:.1f}",
+                dead=f"{metrics['dead_features_percentage']:.1f}%",
+                lr=f"{metrics['learning_rate']:.2e}",
+                refresh=False,
+            )
+
+    def advance(self, tokens: int) -> None:
+        if self.bar is not None:
+            self.bar.update(tokens)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.wandb_run is not None:
+            for k, v in values.items():
+                self.wandb_run.summary[k] = v
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.jsonl.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None

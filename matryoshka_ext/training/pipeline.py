@@ -1,0 +1,223 @@
+"""From a TrainConfig to a finished run: pick the run folder, build the activation stream, train.
+
+Data paths (all resumable):
+- model_name "synthetic": `SyntheticActivations` (no LM; for tests and smoke runs).
+- cache_tokens > 0: the LM runs once over `cache_tokens` tokens of the training split; the activations go
+  to a disk cache keyed by everything that determines them, and training runs epochs over it in a seeded
+  order (`CachedActivations`). A second run, or a resume, reuses the cache and skips the LM entirely.
+- cache_tokens == 0: live LM activations through the data package's shuffling `ActivationBuffer`.
+The held-out evaluation at the end reads `eval_tokens` tokens of `eval_split`, cached the same way.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+
+from ..config import TrainConfig
+from .checkpoint import resolve_checkpoint
+from .sources import CachedActivations, SyntheticActivations, cache_is_complete, write_activation_cache
+from .trainer import Trainer, TrainResult, resolve_device
+
+_DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
+# bump when the cached activations' meaning changes (site definitions, BOS handling, ...)
+_CACHE_VERSION = 1
+
+EvalFn = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+def run_dir_for(cfg: TrainConfig) -> str:
+    """The run folder: the resumed checkpoint's run, else out_dir/run_name (suffixed -2, -3... if taken)."""
+    if cfg.resume:
+        ckpt = resolve_checkpoint(cfg.resume)
+        return os.path.dirname(os.path.dirname(os.path.abspath(ckpt)))
+    base = os.path.join(cfg.out_dir, cfg.run_name or cfg.default_run_name())
+    path, n = base, 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{base}-{n}"
+    return path
+
+
+def run_training(cfg: TrainConfig, run_dir: str | None = None, max_steps: int | None = None) -> TrainResult:
+    """Build the data the config asks for and train (fresh or resumed) to cfg.total_steps, or stop after
+    `max_steps` steps (the schedule still spans the whole run, so a later --resume continues it exactly)."""
+    device = resolve_device(cfg.device)
+    run_dir = run_dir or run_dir_for(cfg)
+    data, eval_fn = build_data(cfg, device)
+    try:
+        return Trainer(cfg, data, run_dir, device, eval_fn).run(max_steps=max_steps)
+    finally:
+        close = getattr(data, "close", None)
+        if close is not None:  # stops the activation buffer's background thread
+            close()
+
+
+def build_data(cfg: TrainConfig, device: torch.device) -> tuple[Any, EvalFn | None]:
+    """(training stream, held-out batches callable or None) for `cfg`."""
+    if cfg.model_name == "synthetic":
+        tc = cfg.transcoder
+        kw = dict(d_in=tc.d_in or 32, d_out=tc.d_out or 24, device=device)
+        data = SyntheticActivations(batch_size=cfg.batch_tokens, seed=cfg.seed, **kw)
+        if not cfg.eval_tokens:
+            return data, None
+
+        def synthetic_eval() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            held = SyntheticActivations(
+                batch_size=min(cfg.batch_tokens, cfg.eval_tokens), seed=cfg.seed + 1, **kw
+            )
+            for _ in range(max(1, cfg.eval_tokens // held.batch_size)):
+                yield next(held)
+
+        return data, synthetic_eval
+
+    lm = _LazyLM(cfg, device)
+    eval_fn = None
+    if cfg.eval_tokens and cfg.eval_split:
+        eval_path = ensure_cache(cfg, lm, cfg.eval_split, cfg.eval_tokens)
+
+        def eval_fn() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            held = CachedActivations(eval_path, batch_size=1, device=device)
+            return held.ordered_batches(cfg.batch_tokens)
+
+    if cfg.cache_tokens:
+        path = ensure_cache(cfg, lm, cfg.dataset_split, cfg.cache_tokens)
+        lm.release()
+        return CachedActivations(path, cfg.batch_tokens, seed=cfg.seed, device=device), eval_fn
+    from ..data.activations import ActivationBuffer
+
+    source = lm.source(cfg.dataset_split)
+    # background refills overlap the LM with training where a GPU runs the LM; on CPU they share the cores
+    buffer = ActivationBuffer(
+        source,
+        cfg.buffer_tokens,
+        cfg.batch_tokens,
+        seed=cfg.seed,
+        device=device,
+        background=device.type == "cuda",
+    )
+    return _BufferStream(buffer, cfg.checkpoint_buffer), eval_fn
+
+
+class _BufferStream:
+    """The data package's ActivationBuffer, checkpointed with or without its rows (`checkpoint_buffer`)."""
+
+    def __init__(self, buffer: Any, include_buffer: bool) -> None:
+        self.buffer, self.include_buffer = buffer, include_buffer
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self.buffer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.buffer.state_dict(include_buffer=self.include_buffer)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.buffer.load_state_dict(state)
+
+    def close(self) -> None:
+        self.buffer.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the language model and its activation source, loaded only when needed
+
+
+class _LazyLM:
+    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.model = None
+
+    def get(self) -> Any:
+        if self.model is None:
+            from ..data.models import load_model
+
+            self.model = load_model(
+                self.cfg.model_name, device=self.device, dtype=_DTYPES[self.cfg.model_dtype]
+            )
+        return self.model
+
+    def release(self) -> None:
+        self.model = None
+        gc.collect()
+
+    def source(self, split: str) -> Any:
+        """The data package's ActivationSource over `split` (yields ActivationBatch with .x, .y; BOS dropped)."""
+        from ..data.activations import ActivationSource
+        from ..data.sites import sites_for
+        from ..data.text import text_dataset
+        from ..data.tokens import token_contexts
+
+        cfg = self.cfg
+        model = self.get()
+        texts = text_dataset(
+            cfg.dataset,
+            split=split,
+            streaming=cfg.streaming,
+            text_field=cfg.text_field,
+            subset=cfg.dataset_subset,
+        )
+        contexts = token_contexts(texts, model, cfg.context_size, prepend_bos=cfg.prepend_bos)
+        sites = sites_for(cfg.layer, cfg.input_hook, cfg.output_hook)
+        return ActivationSource(
+            model, sites, contexts, batch_contexts=cfg.lm_batch_contexts, device=self.device
+        )
+
+
+def cache_key(cfg: TrainConfig, split: str, n_tokens: int) -> str:
+    """Folder name of an activation cache: a readable prefix + a hash of all that determines its content."""
+    ident = {
+        "version": _CACHE_VERSION,
+        "model": cfg.model_name,
+        "model_dtype": cfg.model_dtype,
+        "layer": cfg.layer,
+        "input_hook": cfg.input_hook,
+        "output_hook": cfg.output_hook,
+        "dataset": cfg.dataset,
+        "subset": cfg.dataset_subset,
+        "split": split,
+        "text_field": cfg.text_field,
+        "context_size": cfg.context_size,
+        "prepend_bos": cfg.prepend_bos,
+        "tokens": n_tokens,
+        "dtype": cfg.cache_dtype,
+    }
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+    safe = cfg.model_name.replace("/", "_")
+    return f"{safe}-L{cfg.layer}-{split}-{n_tokens}-{digest}"
+
+
+def cache_root_dir(cfg: TrainConfig) -> str:
+    if cfg.cache_dir:
+        return cfg.cache_dir
+    from ..data._cache import cache_root
+
+    return str(cache_root() / "activations")
+
+
+def ensure_cache(cfg: TrainConfig, lm: _LazyLM, split: str, n_tokens: int) -> str:
+    """Path of a complete activation cache for (cfg, split, n_tokens), building it with the LM if missing."""
+    path = os.path.join(cache_root_dir(cfg), cache_key(cfg, split, n_tokens))
+    if cache_is_complete(path):
+        return path
+    source = lm.source(split)
+    with torch.inference_mode():
+        write_activation_cache(
+            ((batch.x, batch.y) for batch in source),
+            n_tokens,
+            path,
+            dtype=_DTYPES[cfg.cache_dtype],
+            meta={"model": cfg.model_name, "layer": cfg.layer, "split": split, "dataset": cfg.dataset},
+            progress=cfg.progress,
+        )
+    return path

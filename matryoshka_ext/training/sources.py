@@ -1,0 +1,249 @@
+"""Activation streams the trainer consumes, beyond the live LM buffer of `matryoshka_ext.data`.
+
+A stream is an iterator of (x [B, d_in], y [B, d_out]) batches with `state_dict()` / `load_state_dict()`
+(JSON-able values or tensors), so a checkpoint can record the exact data position.
+
+- `SyntheticActivations`: a sparse ground-truth dictionary, generated from a seeded generator (tests).
+- `write_activation_cache` / `CachedActivations`: run the LM once, keep its activations on disk (safetensors
+  shards), then train any number of epochs over them in a seeded random order; a held-out tail serves
+  evaluation. Resuming needs only (epoch, position).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+from .serialize import fsync_dir, load_tensors, save_json, save_tensors
+
+
+class SyntheticActivations:
+    """x = c @ D_in + noise, y = c @ D_out with sparse non-negative codes c over `n_features` features.
+
+    The ground-truth dictionary comes from `dict_seed`; every batch from one CPU generator seeded by `seed`,
+    so the stream is reproducible and resumable.
+    """
+
+    def __init__(
+        self,
+        d_in: int = 32,
+        d_out: int = 24,
+        batch_size: int = 64,
+        n_features: int = 128,
+        active: int = 4,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        noise: float = 0.01,
+        dict_seed: int = 0,
+    ) -> None:
+        self.d_in, self.d_out, self.batch_size = d_in, d_out, batch_size
+        self.n_features, self.active, self.noise, self.device = (
+            n_features,
+            active,
+            noise,
+            torch.device(device),
+        )
+        g = torch.Generator().manual_seed(10_000 + dict_seed)  # the ground truth; `seed` only drives sampling
+        self.D_in = torch.randn(n_features, d_in, generator=g) / d_in**0.5
+        self.D_out = torch.randn(n_features, d_out, generator=g) / d_out**0.5
+        self.freq = torch.rand(n_features, generator=g) + 0.1
+        self.gen = torch.Generator().manual_seed(seed)
+        self.batches = 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        B, g = self.batch_size, self.gen
+        idx = torch.multinomial(self.freq.expand(B, -1), self.active, generator=g)
+        codes = torch.zeros(B, self.n_features).scatter_(
+            1, idx, torch.rand(B, self.active, generator=g) + 0.5
+        )
+        x = codes @ self.D_in + self.noise * torch.randn(B, self.d_in, generator=g)
+        y = codes @ self.D_out + 0.3
+        self.batches += 1
+        return x.to(self.device), y.to(self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.gen.get_state(), "batches": self.batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["generator"])
+        self.batches = int(state["batches"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# disk cache
+
+MANIFEST = "manifest.json"
+
+
+def cache_is_complete(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, MANIFEST))
+
+
+def write_activation_cache(
+    chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    n_tokens: int,
+    path: str,
+    dtype: torch.dtype = torch.bfloat16,
+    meta: dict[str, Any] | None = None,
+    shard_tokens: int = 65_536,
+    progress: bool = True,
+) -> str:
+    """Consume (x [n, d_in], y [n, d_out]) chunks until `n_tokens` tokens, writing safetensors shards.
+
+    Written into a temp folder and renamed to `path` at the end, so an interrupted run leaves no partial
+    cache. Returns `path`.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-cache-", dir=parent)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=n_tokens, unit="tok", unit_scale=True, desc="caching activations", dynamic_ncols=True
+        )
+    try:
+        shards: list[dict[str, Any]] = []
+        xs: list[torch.Tensor] = []
+        ys: list[torch.Tensor] = []
+        pending = total = 0
+        d_in = d_out = None
+
+        def flush() -> None:
+            nonlocal xs, ys, pending
+            if not pending:
+                return
+            name = f"shard_{len(shards):05d}.safetensors"
+            save_tensors(os.path.join(tmp, name), {"x": torch.cat(xs), "y": torch.cat(ys)})
+            shards.append({"file": name, "tokens": pending})
+            xs, ys, pending = [], [], 0
+
+        for x, y in chunks:
+            take = min(x.shape[0], n_tokens - total)
+            x, y = x[:take].detach().to("cpu", dtype), y[:take].detach().to("cpu", dtype)
+            d_in, d_out = x.shape[1], y.shape[1]
+            xs.append(x)
+            ys.append(y)
+            pending += take
+            total += take
+            if bar is not None:
+                bar.update(take)
+            if pending >= shard_tokens:
+                flush()
+            if total >= n_tokens:
+                break
+        flush()
+        if total < n_tokens:
+            raise RuntimeError(f"activation source ran dry after {total} of {n_tokens} tokens")
+        manifest = {
+            "tokens": total,
+            "d_in": d_in,
+            "d_out": d_out,
+            "dtype": str(dtype).removeprefix("torch."),
+            "shards": shards,
+            "meta": meta or {},
+        }
+        save_json(os.path.join(tmp, MANIFEST), manifest)
+        fsync_dir(tmp)
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.rename(tmp, path)
+        fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return path
+
+
+class CachedActivations:
+    """Epochs over a disk cache in a seeded random order. The last `eval_tokens` tokens are held out.
+
+    Batches hold `batch_size` tokens (an epoch's remainder is dropped), as float32 on `device`.
+    State: {"epoch", "position"}; epoch e's order is randperm(seed, e), so nothing else needs saving.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        batch_size: int,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        eval_tokens: int = 0,
+    ) -> None:
+        with open(os.path.join(path, MANIFEST)) as fh:
+            self.manifest = json.load(fh)
+        xs, ys = [], []
+        for shard in self.manifest["shards"]:
+            t = load_tensors(os.path.join(path, shard["file"]))
+            xs.append(t["x"])
+            ys.append(t["y"])
+        self.x, self.y = torch.cat(xs), torch.cat(ys)
+        total = self.x.shape[0]
+        if not 0 <= eval_tokens < total:
+            raise ValueError(f"eval_tokens must be in [0, {total}), got {eval_tokens}")
+        self.train_tokens = total - eval_tokens
+        if batch_size > self.train_tokens:
+            raise ValueError(
+                f"batch_size {batch_size} exceeds the {self.train_tokens} cached training tokens"
+            )
+        self.path, self.batch_size, self.seed = path, batch_size, seed
+        self.device = torch.device(device)
+        self.d_in, self.d_out = self.x.shape[1], self.y.shape[1]
+        self.epoch, self.position = 0, 0
+        self._order: torch.Tensor | None = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.train_tokens // self.batch_size
+
+    def _epoch_order(self) -> torch.Tensor:
+        if self._order is None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            self._order = torch.randperm(self.train_tokens, generator=g)
+        return self._order
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.position + self.batch_size > self.train_tokens:
+            self.epoch, self.position, self._order = self.epoch + 1, 0, None
+        idx = self._epoch_order()[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return self._get(idx)
+
+    def _get(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.x.index_select(0, idx).to(self.device, torch.float32, non_blocking=True)
+        y = self.y.index_select(0, idx).to(self.device, torch.float32, non_blocking=True)
+        return x, y
+
+    def ordered_batches(
+        self, batch_size: int | None = None, start: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Cached tokens start.. in stored order (the last batch may be smaller); does not move the stream."""
+        bs = batch_size or self.batch_size
+        for s in range(start, self.x.shape[0], bs):
+            yield self._get(torch.arange(s, min(s + bs, self.x.shape[0])))
+
+    def eval_batches(self, batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The held-out tail in order (empty when eval_tokens == 0)."""
+        return self.ordered_batches(batch_size, self.train_tokens)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None

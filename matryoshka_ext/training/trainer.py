@@ -1,0 +1,314 @@
+"""The training loop: one readable `Trainer` over any resumable activation stream.
+
+Step s (0-based):  batch s -> forward (nested loss + AuxK) -> backward -> project decoder grad -> clip ->
+Adam step -> renormalise decoder rows -> lr schedule advances. The model's dead counters and JumpReLU
+threshold update inside the training forward. Metrics come from that same forward (no extra pass).
+
+Exact resume: a checkpoint after step s holds the model (with its buffers), Adam state, scheduler step,
+RNG states and the stream's position after s + 1 batches, so later steps replay identically (bit-exact on
+CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from ..config import TrainConfig
+from ..transcoder import MatryoshkaTranscoder
+from .checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from .metrics import RunLogger, evaluate, step_metrics
+from .optim import make_optimizer
+from .schedule import WarmupCosine
+
+FORMAT_VERSION = 1
+
+
+class ActivationStream(Protocol):
+    """What the trainer needs from data: batches (x [B, d_in], y [B, d_out]) and a resumable position."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports."""
+
+    run_dir: str
+    checkpoint: str
+    transcoder_dir: str
+    step: int
+    tokens_seen: int
+    wall_time_s: float
+    group_ends: list[int] = field(default_factory=list)
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    eval: dict[str, Any] | None = None
+
+    def summary_lines(self) -> list[str]:
+        """Human-readable summary: per-prefix FVU, L0, dead fraction and the paths."""
+        group_ends = self.group_ends
+        src = "held-out" if self.eval else "last training batch"
+        if self.eval:
+            fvu, l0, dead = self.eval["fvu"], self.eval["l0"], self.eval["dead_fraction"]
+        else:
+            m = self.last_metrics
+            fvu = [m[f"prefix_{i + 1}/fvu"] for i in range(len(group_ends))]
+            l0, dead = m["l0_norm"], m["sparsity/dead_features_fraction"]
+        lines = [f"trained {self.step} steps, {self.tokens_seen:,} tokens in {self.wall_time_s:.0f} s"]
+        lines.append(f"per-prefix FVU ({src}):")
+        for i, (e, v) in enumerate(zip(group_ends, fvu)):
+            lines.append(f"  prefix {i + 1} (latents [0, {e})): FVU {v:.4f}")
+        lines.append(f"L0 {l0:.2f}   dead latents {100 * dead:.2f}%")
+        lines.append(f"checkpoint: {self.checkpoint}")
+        lines.append(f"transcoder (raw-activation weights): {self.transcoder_dir}")
+        return lines
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass
+
+
+class Trainer:
+    """Trains a MatryoshkaTranscoder on `data` as `cfg` says; `run()` does everything including resume.
+
+    data        an ActivationStream (iterable of (x, y) with state_dict / load_state_dict)
+    run_dir     where checkpoints/, transcoder/, metrics.jsonl and the W&B run go
+    eval_data   optional callable returning held-out batches for the final report
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data: ActivationStream,
+        run_dir: str,
+        device: torch.device | str | None = None,
+        eval_data: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.run_dir = run_dir
+        self.device = torch.device(device) if device is not None else resolve_device(cfg.device)
+        self.eval_data = eval_data
+        self.model: MatryoshkaTranscoder | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: WarmupCosine | None = None
+        self.step = 0
+        self.tokens_seen = 0
+        self.wandb_id: str | None = None
+        self._iter: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last_checkpoint: str | None = None
+
+    # --------------------------------------------------------------------------------------------------
+    # setup
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._pending is not None:
+            batch, self._pending = self._pending, None
+        else:
+            if self._iter is None:
+                self._iter = iter(self.data)
+            batch = next(self._iter)
+        x, y = batch
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def _build_optim(self) -> None:
+        cfg = self.cfg
+        assert self.model is not None
+        self.optimizer = make_optimizer(self.model.parameters(), cfg.lr, (cfg.adam_beta1, cfg.adam_beta2))
+        self.scheduler = WarmupCosine(self.optimizer, cfg.total_steps, cfg.lr, cfg.min_lr, cfg.warmup_steps)
+
+    def setup(self) -> None:
+        """Fresh start (seed, first batch -> dims, scales and b_dec) or resume from `cfg.resume`."""
+        cfg = self.cfg
+        if cfg.resume:
+            self._resume(cfg.resume)
+            return
+        seed_everything(cfg.seed)
+        if self._iter is None:
+            self._iter = iter(self.data)
+        x, y = next(self._iter)
+        self._pending = (x, y)
+        tc = cfg.transcoder
+        for name, have in (("d_in", x.shape[1]), ("d_out", y.shape[1])):
+            want = getattr(tc, name)
+            if want is not None and want != have:
+                raise ValueError(f"transcoder.{name}={want} but the activations have width {have}")
+        tc = tc.replace(d_in=x.shape[1], d_out=y.shape[1])
+        self.cfg = cfg = cfg.replace(transcoder=tc)
+        self.model = MatryoshkaTranscoder(tc).to(self.device)  # init on CPU from the seeded global RNG
+        self.model.initialize_from_batch(x.to(self.device), y.to(self.device))
+        self.model.train()
+        self._build_optim()
+
+    def _resume(self, path: str) -> None:
+        ckpt = load_checkpoint(path)
+        st = ckpt.state
+        saved = TrainConfig.from_dict(st["config"])
+        tc = saved.transcoder
+        mine = self.cfg.transcoder
+        for f in ("dict_size", "group_sizes", "k", "selection", "d_in", "d_out"):
+            if getattr(mine, f) is not None and getattr(mine, f) != getattr(tc, f):
+                raise ValueError(
+                    f"--resume: transcoder.{f}={getattr(mine, f)!r} differs from the checkpoint's "
+                    f"{getattr(tc, f)!r}"
+                )
+        self.cfg = self.cfg.replace(transcoder=mine.replace(d_in=tc.d_in, d_out=tc.d_out))
+        self.model = MatryoshkaTranscoder(self.cfg.transcoder, device=self.device)
+        self.model.load_state_dict(ckpt.model)
+        self.model.train()
+        self._build_optim()
+        assert self.optimizer is not None and self.scheduler is not None
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.data.load_state_dict(st["data"])
+        restore_rng_state(st["rng"])
+        self.step = int(st["step"])
+        self.tokens_seen = int(st["tokens_seen"])
+        self.wandb_id = st.get("wandb_id")
+        self.last_checkpoint = ckpt.path
+
+    # --------------------------------------------------------------------------------------------------
+    # steps
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.autocast_bf16 and self.device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor):
+        """One optimiser step on a batch; returns the TranscoderOutput of its forward."""
+        model, opt, sched = self.model, self.optimizer, self.scheduler
+        assert model is not None and opt is not None and sched is not None
+        with self._autocast():
+            out = model(x, y)
+        out.loss.backward()
+        model.project_decoder_grad()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        model.normalize_decoder()
+        sched.step()
+        self.step += 1
+        self.tokens_seen += x.shape[0]
+        return out
+
+    def save(self) -> str:
+        """Checkpoint the current state (atomic; prunes to keep_last)."""
+        assert self.model is not None and self.optimizer is not None and self.scheduler is not None
+        state = {
+            "format_version": FORMAT_VERSION,
+            "config": self.cfg.replace(resume=None).to_dict(),
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "scheduler": self.scheduler.state_dict(),
+            "rng": capture_rng_state(),
+            "data": self.data.state_dict(),
+            "wandb_id": self.wandb_id,
+        }
+        self.last_checkpoint = save_checkpoint(
+            self.run_dir,
+            self.step,
+            self.model.state_dict(),
+            self.optimizer.state_dict(),
+            state,
+            keep_last=self.cfg.keep_last,
+        )
+        return self.last_checkpoint
+
+    # --------------------------------------------------------------------------------------------------
+    # the loop
+
+    def run(self, max_steps: int | None = None) -> TrainResult:
+        """Train to cfg.total_steps (or `max_steps` more steps), checkpoint, save the transcoder, evaluate."""
+        t0 = time.perf_counter()
+        if self.model is None:
+            self.setup()
+        cfg = self.cfg
+        model = self.model
+        assert model is not None and self.scheduler is not None
+        os.makedirs(self.run_dir, exist_ok=True)
+        cfg.save(os.path.join(self.run_dir, "config.yaml"))
+        logger = RunLogger(
+            self.run_dir,
+            cfg.to_dict(),
+            total_tokens=cfg.total_steps * cfg.batch_tokens,
+            initial_tokens=self.tokens_seen,
+            wandb_mode=cfg.wandb_mode,
+            wandb_project=cfg.wandb_project,
+            wandb_entity=cfg.wandb_entity,
+            run_name=os.path.basename(os.path.normpath(self.run_dir)),
+            wandb_id=self.wandb_id,
+            progress=cfg.progress,
+        )
+        self.wandb_id = logger.wandb_id
+        end = cfg.total_steps if max_steps is None else min(cfg.total_steps, self.step + max_steps)
+        last_metrics: dict[str, float] = {}
+        saved_at = self.step if self.last_checkpoint else -1
+        window_t, window_tok = time.perf_counter(), 0
+        try:
+            while self.step < end:
+                x, y = self._next_batch()
+                lr = self.scheduler.current_lr()
+                out = self.train_step(x, y)
+                window_tok += x.shape[0]
+                logger.advance(x.shape[0])
+                if self.step % cfg.log_every == 0 or self.step == end:
+                    now = time.perf_counter()
+                    tps = window_tok / max(now - window_t, 1e-9)
+                    last_metrics = step_metrics(out, model, lr, self.tokens_seen, tps)
+                    logger.log(last_metrics, self.step)
+                    window_t, window_tok = now, 0
+                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < end:
+                    self.save()
+                    saved_at = self.step
+            if saved_at != self.step:
+                self.save()
+            transcoder_dir = model.save_pretrained(os.path.join(self.run_dir, "transcoder"))
+            ev = evaluate(model, self.eval_data(), self.device) if self.eval_data is not None else None
+            if ev is not None:
+                logger.summary({f"eval/prefix_{i + 1}/fvu": v for i, v in enumerate(ev["fvu"])})
+        finally:
+            logger.close()
+        assert self.last_checkpoint is not None
+        return TrainResult(
+            run_dir=self.run_dir,
+            checkpoint=self.last_checkpoint,
+            transcoder_dir=transcoder_dir,
+            step=self.step,
+            tokens_seen=self.tokens_seen,
+            wall_time_s=time.perf_counter() - t0,
+            group_ends=cfg.transcoder.group_ends,
+            last_metrics=last_metrics,
+            eval=ev,
+        )
