@@ -339,7 +339,8 @@ class TrainConfig(_Base):
 
     def default_run_name(self) -> str:
         tc = self.transcoder
-        return f"{self.model_name}-L{self.layer}-F{tc.dict_size}-k{tc.k}-{tc.selection}"
+        model = self.model_name.rsplit("/", 1)[-1]  # hub ids contain a slash
+        return f"{model}-L{self.layer}-F{tc.dict_size}-k{tc.k}-{tc.selection}"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -91,12 +91,16 @@ def step_metrics(
 def evaluate(
     model: MatryoshkaTranscoder, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
 ) -> dict[str, Any] | None:
-    """Token-weighted per-prefix FVU (sum of squared errors / sum of variances), L0 and dead fraction on
-    held-out batches, with the training selection. Changes no state (eval mode, no_grad, no stat updates)."""
+    """Per-prefix FVU (summed squared errors / summed per-batch variances over all batches) and L0 on
+    held-out batches, both with the training selection ("fvu", "l0") and with the JumpReLU inference
+    encoder ("fvu_jumprelu", "l0_jumprelu"), plus the dead fraction. Changes no state (eval mode, no_grad,
+    no stat updates; the mode is restored)."""
+    from .. import ops
+
     was_training = model.training
     model.eval()
-    sse = var = None
-    l0 = 0.0
+    sse = sse_j = var = None
+    l0 = l0_j = 0.0
     n = 0
     try:
         for x, y in batches:
@@ -105,19 +109,28 @@ def evaluate(
             ys = y.float() * model.y_scale
             v = (ys - ys.mean(0)).pow(2).sum()
             s = out.mse.float() * ys.numel()
+            acts = model.encode(x)  # JumpReLU
+            acts = type(acts)(
+                acts.values.to(model.W_dec.dtype), acts.indices, acts.row_offsets, acts.num_latents
+            )
+            r = ops.nested_decode(acts, model.W_dec, model.b_dec, model.group_ends).float()  # [m, N, d]
+            sj = (r - ys).pow(2).sum(dim=(1, 2))
             sse = s if sse is None else sse + s
+            sse_j = sj if sse_j is None else sse_j + sj
             var = v if var is None else var + v
             l0 += float(out.l0) * x.shape[0]
+            l0_j += float(acts.l0().sum())
             n += x.shape[0]
     finally:
         model.train(was_training)
     if not n:
         return None
-    fvu = (sse / var).tolist()
     return {
         "tokens": n,
-        "fvu": fvu,
+        "fvu": (sse / var).tolist(),
         "l0": l0 / n,
+        "fvu_jumprelu": (sse_j / var).tolist(),
+        "l0_jumprelu": l0_j / n,
         "dead_fraction": float(model.dead_mask().float().mean()),
     }
 

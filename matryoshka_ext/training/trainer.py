@@ -14,6 +14,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -59,6 +62,7 @@ class TrainResult:
     group_ends: list[int] = field(default_factory=list)
     last_metrics: dict[str, float] = field(default_factory=dict)
     eval: dict[str, Any] | None = None
+    interrupted: bool = False
 
     def summary_lines(self) -> list[str]:
         """Human-readable summary: per-prefix FVU, L0, dead fraction and the paths."""
@@ -71,10 +75,17 @@ class TrainResult:
             fvu = [m[f"prefix_{i + 1}/fvu"] for i in range(len(group_ends))]
             l0, dead = m["l0_norm"], m["sparsity/dead_features_fraction"]
         lines = [f"trained {self.step} steps, {self.tokens_seen:,} tokens in {self.wall_time_s:.0f} s"]
+        if self.interrupted:
+            lines.append(f"interrupted: continue with  matryoshka-ext train --resume {self.run_dir}")
         lines.append(f"per-prefix FVU ({src}):")
         for i, (e, v) in enumerate(zip(group_ends, fvu)):
             lines.append(f"  prefix {i + 1} (latents [0, {e})): FVU {v:.4f}")
         lines.append(f"L0 {l0:.2f}   dead latents {100 * dead:.2f}%")
+        if self.eval and "fvu_jumprelu" in self.eval:
+            fj = ", ".join(f"{v:.4f}" for v in self.eval["fvu_jumprelu"])
+            lines.append(
+                f"JumpReLU inference (threshold from training): FVU {fj}; L0 {self.eval['l0_jumprelu']:.2f}"
+            )
         lines.append(f"checkpoint: {self.checkpoint}")
         lines.append(f"transcoder (raw-activation weights): {self.transcoder_dir}")
         return lines
@@ -276,8 +287,9 @@ class Trainer:
         last_metrics: dict[str, float] = {}
         saved_at = self.step if self.last_checkpoint else -1
         window_t, window_tok = time.perf_counter(), 0
+        stop = _GracefulStop()
         try:
-            while self.step < end:
+            while self.step < end and not stop.requested:
                 x, y = self._next_batch()
                 lr = self.scheduler.current_lr()
                 out = self.train_step(x, y)
@@ -292,6 +304,7 @@ class Trainer:
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < end:
                     self.save()
                     saved_at = self.step
+            stop.restore()
             if saved_at != self.step:
                 self.save()
             transcoder_dir = model.save_pretrained(os.path.join(self.run_dir, "transcoder"))
@@ -299,6 +312,7 @@ class Trainer:
             if ev is not None:
                 logger.summary({f"eval/prefix_{i + 1}/fvu": v for i, v in enumerate(ev["fvu"])})
         finally:
+            stop.restore()
             logger.close()
         assert self.last_checkpoint is not None
         return TrainResult(
@@ -311,4 +325,26 @@ class Trainer:
             group_ends=cfg.transcoder.group_ends,
             last_metrics=last_metrics,
             eval=ev,
+            interrupted=stop.requested,
         )
+
+
+class _GracefulStop:
+    """First Ctrl-C: finish the current step, checkpoint and stop (resumable). Second: abort at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupted: checkpointing after this step (Ctrl-C again to abort)", file=sys.stderr)
+
+    def restore(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None

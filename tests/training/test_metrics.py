@@ -87,4 +87,5 @@ def test_evaluate_changes_no_state():
     ev = evaluate(m, [next(src) for _ in range(3)], torch.device("cpu"))
     assert _same(before, _snapshot(m))
     assert ev["tokens"] == 384 and len(ev["fvu"]) == 4 and ev["l0"] == 4.0
+    assert len(ev["fvu_jumprelu"]) == 4 and ev["l0_jumprelu"] > 0
     assert evaluate(m, [], torch.device("cpu")) is None

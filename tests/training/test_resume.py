@@ -103,3 +103,30 @@ def test_cached_stream_order_and_state(tmp_path):
     assert torch.equal(next(c2)[0], after[0])
     held = torch.cat([x for x, _ in c.eval_batches(4)])
     assert held.shape[0] == 5 and torch.equal(held, c.x[30:].float())
+
+
+class _InterruptAt(SyntheticActivations):
+    """Sends this process a SIGINT while producing batch `at` (like a user's Ctrl-C mid-run)."""
+
+    def __init__(self, at: int, **kw) -> None:
+        super().__init__(**kw)
+        self.at = at
+
+    def __next__(self):
+        if self.batches == self.at:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().__next__()
+
+
+def test_ctrl_c_checkpoints_and_resumes_exactly(tmp_path):
+    full = Trainer(_cfg(), SyntheticActivations(batch_size=B), str(tmp_path / "full")).run()
+    cut = Trainer(_cfg(), _InterruptAt(9, batch_size=B), str(tmp_path / "cut")).run()
+    # batch 9 (0-based) feeds step 10: that step finished, was checkpointed, and the run stopped
+    assert cut.interrupted and cut.step == 10
+    assert cut.checkpoint.endswith("step_000000010")
+    resumed = Trainer(
+        _cfg(resume=str(tmp_path / "cut")), SyntheticActivations(batch_size=B), str(tmp_path / "cut")
+    )
+    _assert_same_run(full.checkpoint, resumed.run().checkpoint)
