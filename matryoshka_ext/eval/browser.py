@@ -34,23 +34,22 @@ def _md_escape(s: str) -> str:
     return s
 
 
-def top_latents_per_group(samples: SampleSet, per_group: int = 5) -> list[list[int]]:
-    """For each prefix group, its ``per_group`` latents with the most firings (live latents only)."""
+def top_latents_per_group(samples: SampleSet, per_group: int = 5, dense_threshold: float = 0.1) -> list[list[int]]:
+    """For each prefix group, its ``per_group`` most frequently firing latents that are live and not dense
+    (density <= ``dense_threshold``; dense latents are listed separately by the report)."""
     out = []
+    dens = samples.density()
     starts = [0] + samples.ends[:-1]
     for a, b in zip(starts, samples.ends):
-        fc = samples.fire_count[a:b]
-        k = min(per_group, int((fc > 0).sum()))
-        if k == 0:
-            out.append([])
-            continue
-        # stable order: by count descending, then by index
-        order = sorted(range(b - a), key=lambda i: (-int(fc[i]), i))[:k]
-        out.append([a + i for i in order])
+        ok = [i for i in range(a, b) if 0 < float(dens[i]) <= dense_threshold]
+        ok.sort(key=lambda i: (-int(samples.fire_count[i]), i))  # stable: count descending, then index
+        out.append(ok[:per_group])
     return out
 
 
-def markdown_report(samples: SampleSet, per_group: int = 5, contexts_per_latent: int = 3) -> str:
+def markdown_report(
+    samples: SampleSet, per_group: int = 5, contexts_per_latent: int = 3, dense_threshold: float = 0.1
+) -> str:
     """The markdown text of ``write_markdown_report``."""
     vocab = samples.vocab()
     dens, mx = samples.density(), samples.max_activation()
@@ -65,25 +64,28 @@ def markdown_report(samples: SampleSet, per_group: int = 5, contexts_per_latent:
     if site:
         lines.append(f"- sites: `{site.get('input_hook')}` -> `{site.get('output_hook')}`")
     lines += [
-        f"- live latents: {int((samples.fire_count > 0).sum())} of {samples.num_latents}",
-        "- below: per prefix group, the latents that fire most often. **Bold**: the activating token; "
-        "[x]: the latent's activation on other tokens of the window",
+        f"- live latents: {int((samples.fire_count > 0).sum())} of {samples.num_latents}; "
+        f"dense (fire on > {dense_threshold:.0%} of tokens): {int((dens > dense_threshold).sum())}",
+        f"- per prefix group: the {per_group} most frequently firing latents that are not dense. **Bold**: the "
+        "activating token and its activation; [x]: other window tokens where the latent is >= 25 % of that",
         "",
     ]
     red = samples.stats.get("decoder_max_cos")
     starts = [0] + samples.ends[:-1]
-    for g, lats in enumerate(top_latents_per_group(samples, per_group)):
+    for g, lats in enumerate(top_latents_per_group(samples, per_group, dense_threshold)):
         a, b = starts[g], samples.ends[g]
         live = int((samples.fire_count[a:b] > 0).sum())
+        dense = [i for i in range(a, b) if float(dens[i]) > dense_threshold]
         lines += [f"## Group {g + 1}: latents {a}–{b - 1} ({live} live of {b - a})", ""]
+        if dense:
+            shown = ", ".join(str(i) for i in dense[:20]) + (" …" if len(dense) > 20 else "")
+            lines += [f"Dense latents in this group ({len(dense)}): {shown}", ""]
         if not lats:
-            lines += ["_No latent of this group fired._", ""]
+            lines += ["_No live, non-dense latent in this group._", ""]
             continue
         for f in lats:
             extra = f", decoder max cos {_fmt(float(red[f]))}" if red is not None else ""
-            lines.append(
-                f"### Latent {f} — density {_fmt(float(dens[f]))}, max activation {_fmt(float(mx[f]))}{extra}"
-            )
+            lines.append(f"### Latent {f} — density {_fmt(float(dens[f]))}, max activation {_fmt(float(mx[f]))}{extra}")
             lines.append("")
             for c in samples.contexts(f, vocab)[:contexts_per_latent]:
                 parts = []
@@ -91,7 +93,7 @@ def markdown_report(samples: SampleSet, per_group: int = 5, contexts_per_latent:
                     t = _md_escape(str(tok))
                     if i == c["center"]:
                         parts.append(f"**{t}**\u200b[{_fmt(act)}]")
-                    elif act > 0:
+                    elif act >= 0.25 * c["value"]:
                         parts.append(f"{t}[{_fmt(act)}]")
                     else:
                         parts.append(t)
@@ -100,9 +102,12 @@ def markdown_report(samples: SampleSet, per_group: int = 5, contexts_per_latent:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown_report(samples: SampleSet, path: str, per_group: int = 5, contexts_per_latent: int = 3) -> str:
+def write_markdown_report(
+    samples: SampleSet, path: str, per_group: int = 5, contexts_per_latent: int = 3, dense_threshold: float = 0.1
+) -> str:
+    """Write ``markdown_report`` to ``path``; returns it."""
     with open(path, "w") as fh:
-        fh.write(markdown_report(samples, per_group, contexts_per_latent))
+        fh.write(markdown_report(samples, per_group, contexts_per_latent, dense_threshold))
     return path
 
 

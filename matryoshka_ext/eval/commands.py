@@ -57,8 +57,12 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-contexts", type=int, default=8, help="contexts per language-model forward")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    g.add_argument("--mode", default="jumprelu", choices=["jumprelu", "batch", "row"],
-                   help="selection for our transcoders (jumprelu = inference)")
+    g.add_argument(
+        "--mode",
+        default="jumprelu",
+        choices=["jumprelu", "batch", "row"],
+        help="selection for our transcoders (jumprelu = inference)",
+    )
     g.add_argument("--out", default=None, help="output folder")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -66,8 +70,12 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--n-tokens", type=int, default=16_384, help="tokens for fidelity/sparsity metrics")
-    g.add_argument("--splice-tokens", type=int, default=4_096,
-                   help="next-token predictions scored with the spliced model (0 = skip the LM-loss metrics)")
+    g.add_argument(
+        "--splice-tokens",
+        type=int,
+        default=4_096,
+        help="next-token predictions scored with the spliced model (0 = skip the LM-loss metrics)",
+    )
     g.add_argument("--splice-batch-contexts", type=int, default=2, help="contexts per spliced forward")
     g.add_argument("--splice-prefixes", default="all", help="all, last, or comma-separated 1-based prefixes")
     g.add_argument("--dense-threshold", type=float, default=0.1, help="dense = fires on more than this fraction")
@@ -166,7 +174,10 @@ def _contexts(args: argparse.Namespace, model: Any) -> Any:
     from ..data.tokens import token_contexts
 
     texts = text_dataset(
-        args.dataset, split=args.split, streaming=args.streaming, text_field=args.text_field,
+        args.dataset,
+        split=args.split,
+        streaming=args.streaming,
+        text_field=args.text_field,
         subset=args.dataset_subset,
     )
     return token_contexts(texts, model, args.context_size, prepend_bos=True)
@@ -178,7 +189,8 @@ def _check_widths(model: Any, sites: Any, tcs: list[Any]) -> None:
     with torch.no_grad():
         _, cache = model.run_with_cache(
             torch.zeros(1, 2, dtype=torch.long, device=model.cfg.device),
-            names_filter=list(sites.hooks), stop_at_layer=sites.layer + 1,
+            names_filter=list(sites.hooks),
+            stop_at_layer=sites.layer + 1,
         )
     d_in, d_out = cache[sites.input_hook].shape[-1], cache[sites.output_hook].shape[-1]
     for t in tcs:
@@ -201,8 +213,9 @@ def _eval_config(args: argparse.Namespace) -> Any:
         splice_tokens=args.splice_tokens,
         batch_contexts=args.batch_contexts,
         splice_batch_contexts=args.splice_batch_contexts,
-        splice_prefixes=args.splice_prefixes if args.splice_prefixes in ("all", "last") else
-        [int(s) for s in args.splice_prefixes.split(",") if s.strip()],
+        splice_prefixes=args.splice_prefixes
+        if args.splice_prefixes in ("all", "last")
+        else [int(s) for s in args.splice_prefixes.split(",") if s.strip()],
         dense_threshold=args.dense_threshold,
         chunk_tokens=args.chunk_tokens,
     )
@@ -275,8 +288,16 @@ def samples_command(args: argparse.Namespace) -> int:
     if args.coact_latents > 0:
         coact = CoactivationStats(tc.num_latents, args.coact_latents, device=model.cfg.device)
     samples = collect_samples(
-        tc, model, sites, contexts, n_tokens=args.n_tokens, top_n=args.top_n, window=(left, right),
-        batch_contexts=args.batch_contexts, chunk_tokens=args.chunk_tokens, progress=not args.no_progress,
+        tc,
+        model,
+        sites,
+        contexts,
+        n_tokens=args.n_tokens,
+        top_n=args.top_n,
+        window=(left, right),
+        batch_contexts=args.batch_contexts,
+        chunk_tokens=args.chunk_tokens,
+        progress=not args.no_progress,
         on_acts=coact.update if coact is not None else None,
     )
     if coact is not None:
@@ -306,15 +327,23 @@ def _print_summary(res: dict[str, Any]) -> None:
     for t in res["transcoders"]:
         for p in t["prefixes"]:
             dce = "" if p["delta_ce"] is None else f" dCE {p['delta_ce']:+.4f} KL {p['kl']:.4f}"
-            print(f"{t['name']} prefix {p['prefix']} ({p['latents']} latents): L0 {p['l0_mean']:.1f} "
-                  f"FVU {p['fvu']:.4f} cos {p['cosine']:.3f}{dce}")
+            print(
+                f"{t['name']} prefix {p['prefix']} ({p['latents']} latents): L0 {p['l0_mean']:.1f} "
+                f"FVU {p['fvu']:.4f} cos {p['cosine']:.3f}{dce}"
+            )
         print(f"{t['name']}: dead {t['sparsity']['dead']}, dense {t['sparsity']['dense']}")
 
 
 COMMANDS = {
-    "eval": ("evaluate a transcoder: fidelity, sparsity and spliced LM loss per prefix", add_eval_arguments,
-             eval_command),
+    "eval": (
+        "evaluate a transcoder: fidelity, sparsity and spliced LM loss per prefix",
+        add_eval_arguments,
+        eval_command,
+    ),
     "compare": ("evaluate several transcoders on the same tokens and sites", add_compare_arguments, compare_command),
-    "samples": ("top activating contexts per latent, markdown report and HTML feature browser",
-                add_samples_arguments, samples_command),
+    "samples": (
+        "top activating contexts per latent, markdown report and HTML feature browser",
+        add_samples_arguments,
+        samples_command,
+    ),
 }

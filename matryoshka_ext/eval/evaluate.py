@@ -39,6 +39,7 @@ class EvalConfig:
     splice_prefixes       "all", "last", or a list of 1-based prefix numbers to splice (each costs one forward)
     dense_threshold       a latent is "dense" when it fires on more than this fraction of tokens
     chunk_tokens          rows per transcoder call (bounds the [rows, F] encoder pre-activations)
+    splice_from_layer     intervened forwards restart at block L from the clean residual (same logits, faster)
     """
 
     n_tokens: int = 16_384
@@ -48,6 +49,7 @@ class EvalConfig:
     splice_prefixes: str | list[int] = "all"
     dense_threshold: float = 0.1
     chunk_tokens: int = 4096
+    splice_from_layer: bool = True
 
     def validate(self) -> None:
         for name in ("n_tokens", "batch_contexts", "splice_batch_contexts", "chunk_tokens"):
@@ -153,17 +155,13 @@ def evaluate(
         keep = ~torch.isin(tokens, exclude.to(dev))
         xs, ys = [], []
         # splice in small sub-batches (vocab-sized logits); once splicing is done, one forward per batch
-        step = (
-            cfg.splice_batch_contexts if splice_stats.n.get("clean", 0) < cfg.splice_tokens else len(tokens)
-        )
+        step = cfg.splice_batch_contexts if splice_stats.n.get("clean", 0) < cfg.splice_tokens else len(tokens)
         for sub, sub_keep in zip(tokens.split(step), keep.split(step)):
             if splice_stats.n.get("clean", 0) < cfg.splice_tokens:
                 variants = [((e.tc.name, p), _replacer(e.tc, p)) for e in entries for p in e.splice_prefixes]
-                x, y = splice_batch(model, sites, sub, sub_keep, variants, splice_stats)
+                x, y = splice_batch(model, sites, sub, sub_keep, variants, splice_stats, cfg.splice_from_layer)
             else:  # fidelity only: stop the forward after the transcoded block
-                _, cache = model.run_with_cache(
-                    sub, names_filter=list(sites.hooks), stop_at_layer=sites.layer + 1
-                )
+                _, cache = model.run_with_cache(sub, names_filter=list(sites.hooks), stop_at_layer=sites.layer + 1)
                 x, y = cache[sites.input_hook], cache[sites.output_hook]
                 del cache
             xs.append(x[sub_keep])

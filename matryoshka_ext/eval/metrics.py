@@ -167,9 +167,7 @@ class SparsityStats:
         log_d = torch.log10(live.clamp_min(1e-300))
         edges = torch.tensor(DENSITY_BINS[1:], dtype=torch.float64)
         counts = torch.bincount(torch.bucketize(log_d, edges, right=True), minlength=len(edges) + 1)
-        mean_act = torch.where(
-            fc > 0, self.act_sum.cpu() / fc.clamp_min(1), torch.zeros_like(self.act_sum.cpu())
-        )
+        mean_act = torch.where(fc > 0, self.act_sum.cpu() / fc.clamp_min(1), torch.zeros_like(self.act_sum.cpu()))
         return {
             "n_tokens": self.n,
             "l0_mean": l0_mean,

@@ -132,9 +132,7 @@ class SampleSet:
         os.makedirs(directory, exist_ok=True)
         tensors = {k: getattr(self, k).contiguous().cpu() for k in _TENSOR_FIELDS}
         tensors.update({f"stat.{k}": v.contiguous().cpu() for k, v in self.stats.items()})
-        save_file(
-            tensors, os.path.join(directory, SAMPLES_TENSORS), metadata={"format": "matryoshka-ext-samples"}
-        )
+        save_file(tensors, os.path.join(directory, SAMPLES_TENSORS), metadata={"format": "matryoshka-ext-samples"})
         info = {
             "format": "matryoshka-ext-samples",
             "version": 1,
@@ -282,9 +280,7 @@ class TopActivationCollector:
         self.wtok[uniq] = new_wtok
         self.wact[uniq] = new_wact
 
-    def result(
-        self, prefix_ends: Sequence[int] | None = None, meta: dict[str, Any] | None = None
-    ) -> SampleSet:
+    def result(self, prefix_ends: Sequence[int] | None = None, meta: dict[str, Any] | None = None) -> SampleSet:
         return SampleSet(
             top_values=self.values.cpu(),
             top_context=self.context.cpu(),
@@ -391,9 +387,7 @@ def collect_samples(
             break
         tokens = tokens.to(dev)
         keep = ~torch.isin(tokens, exclude.to(dev))
-        _, cache = model.run_with_cache(
-            tokens, names_filter=[sites.input_hook], stop_at_layer=sites.layer + 1
-        )
+        _, cache = model.run_with_cache(tokens, names_filter=[sites.input_hook], stop_at_layer=sites.layer + 1)
         x = cache[sites.input_hook][keep]
         del cache
         before = col.n_tokens
@@ -471,9 +465,7 @@ class SamplesHook:
             raise ValueError("no contexts to sample from")
         tokens = toks[0].to(dev)
         keep = ~torch.isin(tokens, exclude.to(dev))
-        _, cache = model.run_with_cache(
-            tokens, names_filter=[sites.input_hook], stop_at_layer=sites.layer + 1
-        )
+        _, cache = model.run_with_cache(tokens, names_filter=[sites.input_hook], stop_at_layer=sites.layer + 1)
         x = cache[sites.input_hook][keep].float()
         vocab = token_strings(getattr(model, "tokenizer", None), tokens.unique().tolist())
         return cls(x, tokens, keep, every, vocab=vocab, sites=sites, **kwargs)
@@ -491,14 +483,8 @@ class SamplesHook:
         was_training = module.training
         try:
             module.eval()
-            tc = (
-                transcoder
-                if isinstance(transcoder, BaseTranscoder)
-                else MatryoshkaAdapter(module, mode=self.mode)
-            )
-            col = collect_from_activations(
-                tc, self.x, self.tokens, self.keep, top_n=self.top_n, window=self.window
-            )
+            tc = transcoder if isinstance(transcoder, BaseTranscoder) else MatryoshkaAdapter(module, mode=self.mode)
+            col = collect_from_activations(tc, self.x, self.tokens, self.keep, top_n=self.top_n, window=self.window)
         finally:
             module.train(was_training)
         meta = {"name": tc.name, "step": step, "vocab": {str(k): v for k, v in self.vocab.items()}}

@@ -93,11 +93,14 @@ def _hooks(sites: Sites, keep: torch.Tensor, replace: Replace) -> list[tuple[str
     return [(sites.input_hook, save_x), (sites.output_hook, put_y)]
 
 
+def resid_hook(sites: Sites) -> str:
+    """The residual stream entering the transcoded block (where intervened forwards restart)."""
+    return f"blocks.{sites.layer}.hook_resid_pre"
+
+
 @torch.no_grad()
-def clean_forward(
-    model: Any, sites: Sites, tokens: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One full forward: (logits [B, T, V], x [B, T, d_in], y [B, T, d_out]) captured with hooks."""
+def clean_forward(model: Any, sites: Sites, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One full forward: logits [B, T, V] and {"x", "y", "resid"} captured with hooks ([B, T, d] each)."""
     store: dict[str, torch.Tensor] = {}
 
     def grab(name: str) -> Callable:
@@ -107,12 +110,9 @@ def clean_forward(
 
         return fn
 
-    logits = model.run_with_hooks(
-        tokens,
-        return_type="logits",
-        fwd_hooks=[(sites.input_hook, grab("x")), (sites.output_hook, grab("y"))],
-    )
-    return logits, store["x"], store["y"]
+    hooks = [(sites.input_hook, grab("x")), (sites.output_hook, grab("y")), (resid_hook(sites), grab("resid"))]
+    logits = model.run_with_hooks(tokens, return_type="logits", fwd_hooks=hooks)
+    return logits, store
 
 
 @torch.no_grad()
@@ -123,14 +123,17 @@ def splice_batch(
     keep: torch.Tensor,
     variants: Sequence[tuple[Any, Replace]],
     stats: SpliceStats,
-    clean: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    from_layer: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Score the clean run, zero and mean ablation and every ``(key, replace)`` variant on one batch.
 
-    tokens, keep [B, T]. ``clean``: a precomputed ``clean_forward`` result (else computed here).
-    Returns the clean (x, y) [B, T, d] so callers can reuse the forward for fidelity metrics.
+    tokens, keep [B, T]. With ``from_layer`` the intervened forwards restart from the clean residual stream
+    entering block L (``start_at_layer``): blocks before L cannot see the change, so this only skips
+    recomputing them (bit-identical logits; checked in the tests). Returns the clean (x, y) [B, T, d] so
+    callers can reuse the forward for fidelity metrics.
     """
-    logits, x, y = clean if clean is not None else clean_forward(model, sites, tokens)
+    logits, store = clean_forward(model, sites, tokens)
+    x, y = store["x"], store["y"]
     scored = scored_positions(keep)
     targets = tokens[:, 1:][scored]
     if targets.numel() == 0:
@@ -147,8 +150,10 @@ def splice_batch(
     def mean(xk: torch.Tensor) -> torch.Tensor:
         return y_mean.expand(xk.shape[0], d_out)
 
+    start = {"start_at_layer": sites.layer} if from_layer else {}
+    inp = store["resid"] if from_layer else tokens
     for key, replace in [("zero", zero), ("mean", mean), *variants]:
-        out = model.run_with_hooks(tokens, return_type="logits", fwd_hooks=_hooks(sites, keep, replace))
+        out = model.run_with_hooks(inp, return_type="logits", fwd_hooks=_hooks(sites, keep, replace), **start)
         stats.add(key, _log_probs_at(out, scored), targets, clean_lp)
         del out
     return x, y

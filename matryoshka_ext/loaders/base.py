@@ -128,9 +128,7 @@ class BaseTranscoder(nn.Module):
             "d_out": self.d_out,
             "num_latents": self.num_latents,
             "prefix_ends": self.prefix_ends,
-            "meta": {
-                k: v for k, v in self.meta.items() if isinstance(v, (str, int, float, bool, type(None)))
-            },
+            "meta": {k: v for k, v in self.meta.items() if isinstance(v, (str, int, float, bool, type(None)))},
         }
 
     def extra_repr(self) -> str:
@@ -174,14 +172,10 @@ class SparseTranscoder(BaseTranscoder):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         if W_enc.dim() != 2 or W_dec.dim() != 2:
-            raise ValueError(
-                f"W_enc and W_dec must be 2-D, got {tuple(W_enc.shape)} and {tuple(W_dec.shape)}"
-            )
+            raise ValueError(f"W_enc and W_dec must be 2-D, got {tuple(W_enc.shape)} and {tuple(W_dec.shape)}")
         d_in, F = W_enc.shape
         if W_dec.shape[0] != F:
-            raise ValueError(
-                f"W_dec must be [F={F}, d_out], got {tuple(W_dec.shape)} (W_enc is {tuple(W_enc.shape)})"
-            )
+            raise ValueError(f"W_dec must be [F={F}, d_out], got {tuple(W_dec.shape)} (W_enc is {tuple(W_enc.shape)})")
         d_out = W_dec.shape[1]
         _check_shape("b_enc", b_enc, (F,))
         _check_shape("b_dec", b_dec, (d_out,))
@@ -207,9 +201,7 @@ class SparseTranscoder(BaseTranscoder):
         self.register_buffer("W_dec", W_dec.detach().contiguous())
         self.register_buffer("b_dec", b_dec.detach().to(W_dec.dtype).contiguous())
         self.register_buffer("threshold", threshold.detach().float() if torch.is_tensor(threshold) else None)
-        self.register_buffer(
-            "input_bias", None if input_bias is None else input_bias.detach().to(W_enc.dtype)
-        )
+        self.register_buffer("input_bias", None if input_bias is None else input_bias.detach().to(W_enc.dtype))
         self.register_buffer("W_skip", None if W_skip is None else W_skip.detach().contiguous())
         self.activation = activation
         self.relu_first = relu_first
@@ -269,9 +261,7 @@ class MatryoshkaAdapter(BaseTranscoder):
     selection: "jumprelu" (inference, the default), "batch" (BatchTopK) or "row" (TopK).
     """
 
-    def __init__(
-        self, model: Any, mode: str = "jumprelu", name: str = "matryoshka", meta: dict | None = None
-    ):
+    def __init__(self, model: Any, mode: str = "jumprelu", name: str = "matryoshka", meta: dict | None = None):
         super().__init__()
         if mode not in ("jumprelu", "batch", "row"):
             raise ValueError(f"mode must be 'jumprelu', 'batch' or 'row', got {mode!r}")

@@ -93,16 +93,12 @@ def load_gemma_scope_safetensors(path: str | os.PathLike, name: str | None = Non
     return _gemma_scope_from_tensors(t, f, name, "gemma-scope-2")
 
 
-def _gemma_scope_from_tensors(
-    t: dict[str, torch.Tensor], f: Path, name: str | None, fmt: str
-) -> SparseTranscoder:
+def _gemma_scope_from_tensors(t: dict[str, torch.Tensor], f: Path, name: str | None, fmt: str) -> SparseTranscoder:
     where = str(f)
     W_enc = _pick(t, "W_enc", "w_enc", where=where)
     W_dec = _pick(t, "W_dec", "w_dec", where=where)
     skip = t.get("affine_skip_connection")
-    if "scaling_factor" in t and not torch.allclose(
-        t["scaling_factor"], torch.ones_like(t["scaling_factor"])
-    ):
+    if "scaling_factor" in t and not torch.allclose(t["scaling_factor"], torch.ones_like(t["scaling_factor"])):
         raise FormatError(f"{where}: a non-unit 'scaling_factor' is not supported (fold it into the weights)")
     meta = {"format": fmt, "path": str(f), "layer": _layer_from_text(str(f))}
     return SparseTranscoder(
@@ -136,9 +132,7 @@ def load_saelens(path: str | os.PathLike, name: str | None = None) -> SparseTran
         raise FormatError(f"{p}: normalize_activations={norm!r} is not supported (only 'none')")
     if t.get("finetuning_scaling_factor") is not None or cfg.get("finetuning_scaling_factor") is True:
         raise FormatError(f"{p}: finetuning_scaling_factor is not supported")
-    if "scaling_factor" in t and not torch.allclose(
-        t["scaling_factor"], torch.ones_like(t["scaling_factor"])
-    ):
+    if "scaling_factor" in t and not torch.allclose(t["scaling_factor"], torch.ones_like(t["scaling_factor"])):
         raise FormatError(f"{p}: a non-unit 'scaling_factor' is not supported")
 
     base = arch.replace("_skip_transcoder", "").replace("_transcoder", "").replace("skip_transcoder", "")
@@ -259,9 +253,7 @@ def _load_ours_checkpoint(p: Path, name: str | None, mode: str, device: Any) -> 
     cfg = load_checkpoint_config(str(ckpt))
     sd = _read_safetensors(ckpt / "model.safetensors")
     tc = cfg.transcoder
-    if (
-        tc.d_in is None or tc.d_out is None
-    ):  # the config may leave widths to the data: read them off W_enc/W_dec
+    if tc.d_in is None or tc.d_out is None:  # the config may leave widths to the data: read them off W_enc/W_dec
         tc = tc.replace(d_in=int(sd["W_enc"].shape[0]), d_out=int(sd["W_dec"].shape[1]))
     model = MatryoshkaTranscoder(tc, device=device)
     model.load_state_dict(sd)

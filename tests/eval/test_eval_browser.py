@@ -51,13 +51,16 @@ def _samples(seed: int = 0):
 
 def test_markdown_report_lists_groups_and_contexts():
     s = _samples()
-    md = markdown_report(s, per_group=2, contexts_per_latent=2)
-    assert md.count("## Group ") == 3
+    md = markdown_report(s, per_group=2, contexts_per_latent=2, dense_threshold=0.5)
+    assert md.count("## Group ") == 3 and "Dense latents" not in md
     f = max(range(8), key=lambda i: (int(s.fire_count[i]), -i))
     assert f"### Latent {f} " in md
     top_id = int(s.window_tokens[f, 0, s.window[0]])
     if top_id != 7:
         assert f"**w{top_id}**" in md
+    # with the default 10 % threshold most of these ~20 %-density latents are dense: listed separately
+    md10 = markdown_report(s)
+    assert "Dense latents in this group" in md10
 
 
 def test_browser_html_is_self_contained(tmp_path):

@@ -107,8 +107,15 @@ def test_saelens_jumprelu_sae_subtracts_b_dec(tmp_path, rng):
     d, F, N = 8, 24, 40
     W_enc, W_dec, b_enc, b_dec = _rand(rng, d, F), _rand(rng, F, d), _rand(rng, F, scale=0.2), _rand(rng, d)
     thr = np.abs(_rand(rng, F)) * 0.7
-    cfg = {"architecture": "jumprelu", "d_in": d, "d_sae": F, "dtype": "float32", "apply_b_dec_to_input": True,
-           "normalize_activations": "none", "metadata": {"hook_name": "blocks.3.hook_resid_post", "model_name": "m"}}
+    cfg = {
+        "architecture": "jumprelu",
+        "d_in": d,
+        "d_sae": F,
+        "dtype": "float32",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "metadata": {"hook_name": "blocks.3.hook_resid_post", "model_name": "m"},
+    }
     p = _saelens_folder(tmp_path / "sae", cfg, dict(W_enc=W_enc, W_dec=W_dec, b_enc=b_enc, b_dec=b_dec, threshold=thr))
     x = _rand(rng, N, d)
     pre = (x.astype(np.float64) - b_dec) @ W_enc + b_enc
@@ -123,8 +130,11 @@ def test_saelens_topk(tmp_path, rng, style):
     d, F, N, k = 8, 30, 20, 4
     W_enc, W_dec, b_enc, b_dec = _rand(rng, d, F), _rand(rng, F, d), _rand(rng, F), _rand(rng, d)
     cfg = {"d_in": d, "d_sae": F, "dtype": "float32", "apply_b_dec_to_input": False}
-    cfg.update({"architecture": "topk", "k": k} if style == "v6" else
-               {"architecture": "standard", "activation_fn_str": "topk", "activation_fn_kwargs": {"k": k}})
+    cfg.update(
+        {"architecture": "topk", "k": k}
+        if style == "v6"
+        else {"architecture": "standard", "activation_fn_str": "topk", "activation_fn_kwargs": {"k": k}}
+    )
     p = _saelens_folder(tmp_path / style, cfg, dict(W_enc=W_enc, W_dec=W_dec, b_enc=b_enc, b_dec=b_dec))
     x = _rand(rng, N, d)
     pre = x.astype(np.float64) @ W_enc + b_enc
@@ -139,17 +149,30 @@ def test_saelens_relu_transcoder_and_jumprelu_skip_transcoder(tmp_path, rng):
     W_enc, W_dec, b_enc, b_dec = _rand(rng, d_in, F), _rand(rng, F, d_out), _rand(rng, F), _rand(rng, d_out)
     x = _rand(rng, N, d_in)
     pre = x.astype(np.float64) @ W_enc + b_enc
-    base = {"d_in": d_in, "d_sae": F, "d_out": d_out, "dtype": "float32", "apply_b_dec_to_input": True,
-            "hook_name_out": "blocks.2.hook_mlp_out", "metadata": {"hook_name": "blocks.2.ln2.hook_normalized"}}
-    p = _saelens_folder(tmp_path / "tc", {**base, "architecture": "transcoder"},
-                        dict(W_enc=W_enc, W_dec=W_dec, b_enc=b_enc, b_dec=b_dec))
+    base = {
+        "d_in": d_in,
+        "d_sae": F,
+        "d_out": d_out,
+        "dtype": "float32",
+        "apply_b_dec_to_input": True,
+        "hook_name_out": "blocks.2.hook_mlp_out",
+        "metadata": {"hook_name": "blocks.2.ln2.hook_normalized"},
+    }
+    p = _saelens_folder(
+        tmp_path / "tc",
+        {**base, "architecture": "transcoder"},
+        dict(W_enc=W_enc, W_dec=W_dec, b_enc=b_enc, b_dec=b_dec),
+    )
     a = np.maximum(pre, 0)
     tc = load_transcoder(p)  # a transcoder never subtracts its (output-space) b_dec from the input
     assert tc.meta["output_hook"] == "blocks.2.hook_mlp_out" and tc.meta["layer"] == 2
     _check(tc, x, a, a @ W_dec + b_dec)
     thr, W_skip = np.abs(_rand(rng, F)) * 0.5, _rand(rng, d_out, d_in, scale=0.3)  # SAELens: [d_out, d_in]
-    p2 = _saelens_folder(tmp_path / "skip", {**base, "architecture": "jumprelu_skip_transcoder"},
-                         dict(W_enc=W_enc, W_dec=W_dec, b_enc=b_enc, b_dec=b_dec, threshold=thr, W_skip=W_skip))
+    p2 = _saelens_folder(
+        tmp_path / "skip",
+        {**base, "architecture": "jumprelu_skip_transcoder"},
+        dict(W_enc=W_enc, W_dec=W_dec, b_enc=b_enc, b_dec=b_dec, threshold=thr, W_skip=W_skip),
+    )
     a2 = np.maximum(pre, 0) * (pre > thr)
     _check(load_transcoder(p2), x, a2, a2 @ W_dec + b_dec + x @ W_skip.T)
 
@@ -157,8 +180,11 @@ def test_saelens_relu_transcoder_and_jumprelu_skip_transcoder(tmp_path, rng):
 def test_saelens_rejects_runtime_normalisation(tmp_path, rng):
     d, F = 4, 8
     cfg = {"architecture": "standard", "d_in": d, "d_sae": F, "normalize_activations": "layer_norm"}
-    p = _saelens_folder(tmp_path / "ln", cfg, dict(W_enc=_rand(rng, d, F), W_dec=_rand(rng, F, d),
-                                                   b_enc=_rand(rng, F), b_dec=_rand(rng, d)))
+    p = _saelens_folder(
+        tmp_path / "ln",
+        cfg,
+        dict(W_enc=_rand(rng, d, F), W_dec=_rand(rng, F, d), b_enc=_rand(rng, F), b_dec=_rand(rng, d)),
+    )
     with pytest.raises(FormatError, match="normalize_activations"):
         load_transcoder(p)
 

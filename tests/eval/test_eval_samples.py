@@ -90,7 +90,7 @@ def test_top_n_matches_brute_force(seed):
 def test_sample_set_save_load_roundtrip(tmp_path, seed):
     gen = torch.Generator().manual_seed(seed)
     F = 8
-    (tokens, keep, dense), = _random_stream(gen, 1, 2, 12, F)
+    ((tokens, keep, dense),) = _random_stream(gen, 1, 2, 12, F)
     col = TopActivationCollector(F, top_n=3, window=(2, 1))
     col.update(SparseActs.from_dense(dense), tokens, keep.reshape(-1).nonzero().squeeze(1), torch.arange(2))
     s = col.result([4, 8], {"name": "x", "vocab": {str(i): f"t{i}" for i in range(50)}})
@@ -141,6 +141,7 @@ def test_samples_hook_leaves_training_state_untouched(seed):
     # the same samples as a direct collection
     from matryoshka_ext.loaders import MatryoshkaAdapter
 
-    direct = collect_from_activations(MatryoshkaAdapter(model.eval(), mode="batch"), x, tokens, keep,
-                                      top_n=3, window=(2, 1)).result()
+    direct = collect_from_activations(
+        MatryoshkaAdapter(model.eval(), mode="batch"), x, tokens, keep, top_n=3, window=(2, 1)
+    ).result()
     assert torch.equal(direct.top_values, res.top_values)
