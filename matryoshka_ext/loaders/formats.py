@@ -196,31 +196,50 @@ def load_saelens(path: str | os.PathLike, name: str | None = None) -> SparseTran
 
 
 # ---------------------------------------------------------------------------------------------- ours
-def _train_config_near(folder: Path) -> Any | None:
-    """The TrainConfig of the run a folder belongs to (run folder, its transcoder/ or a checkpoint), if any."""
-    try:
-        from ..training.checkpoint import load_checkpoint_config
-    except ImportError:  # pragma: no cover - training package absent
-        return None
-    for cand in (folder, folder.parent, folder.parent.parent):
+_SITE_KEYS = ("layer", "input_hook", "output_hook", "model_name")
+
+
+def _run_meta(folder: Path) -> dict[str, Any]:
+    """Sites and model of the training run a folder belongs to (run folder, its transcoder/, or a checkpoint).
+
+    Reads the run's ``config.yaml`` (written by the trainer) as a plain mapping, so a config from another
+    version of the package still yields its layer and hooks; falls back to the latest checkpoint's config.
+    """
+    raw: dict[str, Any] | None = None
+    for cand in (folder, folder.parent, folder.parent.parent, folder.parent.parent.parent):
+        for fname in ("config.yaml", "config.yml"):
+            f = cand / fname
+            if f.is_file():
+                try:
+                    import yaml
+
+                    with open(f) as fh:
+                        d = yaml.safe_load(fh)
+                except Exception:  # noqa: BLE001 - unreadable metadata must not block loading the weights
+                    continue
+                if isinstance(d, dict) and "layer" in d:
+                    raw = d
+                    break
+        if raw is not None:
+            break
+    if raw is None:
         try:
-            return load_checkpoint_config(str(cand))
-        except (FileNotFoundError, OSError, KeyError, ValueError, TypeError):
-            continue
-    return None
+            from ..training.checkpoint import load_checkpoint_config
 
-
-def _meta_from_train_config(cfg: Any) -> dict[str, Any]:
-    if cfg is None:
-        return {}
+            raw = load_checkpoint_config(str(folder)).to_dict()
+        except Exception:  # noqa: BLE001 - no checkpoint, or one from an incompatible version
+            return {}
     from ..data.sites import sites_for
 
-    s = sites_for(cfg.layer, cfg.input_hook, cfg.output_hook)
+    try:
+        s = sites_for(int(raw["layer"]), raw.get("input_hook"), raw.get("output_hook"))
+    except (KeyError, TypeError, ValueError):
+        return {}
     return {
         "layer": s.layer,
         "input_hook": s.input_hook,
         "output_hook": s.output_hook,
-        "model_name": cfg.model_name,
+        "model_name": raw.get("model_name"),
     }
 
 
@@ -235,10 +254,10 @@ def load_ours(
         p = p / "transcoder"
     if (p / CONFIG_NAME).is_file():
         model = MatryoshkaTranscoder.from_pretrained(str(p), device=device)
-        meta = {"format": "matryoshka-ext", "path": str(p), **_meta_from_train_config(_train_config_near(p))}
+        meta = {"format": "matryoshka-ext", "path": str(p), **_run_meta(p)}
         with open(p / CONFIG_NAME) as fh:  # site metadata, if save_pretrained recorded it
             raw = json.load(fh)
-        for key in ("layer", "input_hook", "output_hook", "model_name"):
+        for key in _SITE_KEYS:
             if raw.get(key) is not None:
                 meta[key] = raw[key]
         return MatryoshkaAdapter(model.eval(), mode=mode, name=name or _default_name(p), meta=meta)
@@ -257,7 +276,7 @@ def _load_ours_checkpoint(p: Path, name: str | None, mode: str, device: Any) -> 
         tc = tc.replace(d_in=int(sd["W_enc"].shape[0]), d_out=int(sd["W_dec"].shape[1]))
     model = MatryoshkaTranscoder(tc, device=device)
     model.load_state_dict(sd)
-    meta = {"format": "matryoshka-ext-checkpoint", "path": str(ckpt), **_meta_from_train_config(cfg)}
+    meta = {"format": "matryoshka-ext-checkpoint", "path": str(ckpt), **_run_meta(ckpt)}
     return MatryoshkaAdapter(model.eval(), mode=mode, name=name or _default_name(ckpt), meta=meta)
 
 
