@@ -78,7 +78,10 @@ def test_browser_html_is_self_contained(tmp_path):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (run scripts/install_browser.sh)")
 def test_browser_in_headless_chromium(tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium missing (run scripts/install_browser.sh)")
+    try:  # chromium is here, so a missing driver is a set-up error, not a reason to skip
+        from selenium import webdriver
+    except ImportError:
+        pytest.fail("chromium is installed but the selenium package is not: run scripts/install_browser.sh")
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
