@@ -354,7 +354,9 @@ def download_from_hub(spec: str, cache_dir: str | None = None) -> Path:
         hit = try_to_load_from_cache(repo_id, fname, cache_dir=cache_dir)
         if isinstance(hit, str):
             if fname.endswith(SAELENS_CFG):
-                weights = try_to_load_from_cache(repo_id, fname[: -len(SAELENS_CFG)] + SAELENS_WEIGHTS)
+                weights = try_to_load_from_cache(
+                    repo_id, fname[: -len(SAELENS_CFG)] + SAELENS_WEIGHTS, cache_dir=cache_dir
+                )
                 if not isinstance(weights, str):
                     continue
             return Path(hit) if file_spec else Path(hit).parent
@@ -412,6 +414,8 @@ def load_transcoder(
             tc.meta.setdefault("hub", spec)
             return tc
         fmt = detect_format(spec)
+        if fmt in ("ours", "ours-checkpoint", "saelens") and Path(spec).is_file():
+            spec = str(Path(spec).parent)  # e.g. .../model.safetensors or .../sae_weights.safetensors
         if fmt in ("ours", "ours-checkpoint"):
             tc = load_ours(spec, name, mode, device)
         elif fmt == "gemma-scope":

@@ -123,6 +123,7 @@ def test_saelens_jumprelu_sae_subtracts_b_dec(tmp_path, rng):
     tc = load_transcoder(p)
     assert tc.meta["layer"] == 3 and tc.meta["model_name"] == "m" and tc.meta["format"] == "saelens"
     _check(tc, x, a, a @ W_dec + b_dec)
+    _check(load_transcoder(p / "sae_weights.safetensors"), x, a, a @ W_dec + b_dec)  # the weights file works too
 
 
 @pytest.mark.parametrize("style", ["v6", "pre6"])
@@ -206,6 +207,7 @@ def test_ours_save_pretrained_roundtrip(tmp_path, seed):
     # smallest selected activation), and the folded weights may round it to either side
     x = torch.randn(256, 16, generator=gen) * 3
     tc = load_transcoder(folder)
+    assert isinstance(load_transcoder(os.path.join(folder, "model.safetensors")), MatryoshkaAdapter)
     assert isinstance(tc, MatryoshkaAdapter) and tc.prefix_ends == [8, 24, 48]
     assert (tc.d_in, tc.d_out, tc.num_latents) == (16, 12, 48)
     with torch.no_grad():
