@@ -1,0 +1,4 @@
+// Test-only: csrc/cuda/decode.cu compiled as host C++ against cuda_emu.h (see emu_register.cpp).
+#include "emu_guard.h"
+
+#include "cuda/decode.cu"
