@@ -9,11 +9,20 @@ from .sparse import SparseActs
 
 __version__ = "0.1.0"
 
+
+def load_transcoder(*args, **kwargs):
+    """Load any supported transcoder (ours, Gemma Scope npz/safetensors, SAELens folders); see loaders/."""
+    from .loaders import load_transcoder as _load
+
+    return _load(*args, **kwargs)
+
+
 __all__ = [
     "SparseActs",
     "batch_topk",
     "encode",
     "has_cuda_kernels",
+    "load_transcoder",
     "nested_decode",
     "nested_mse",
     "topk",
