@@ -20,7 +20,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LABELS = {
     "ours": "ours: MatryoshkaTranscoder step (mx kernels)",
     "ours-noaux": "ours, no dead latents (AuxK idle)",
-    "mx-ops": "ours, from the mx ops",
     "dense": "(a) dense PyTorch, seed-style",
     "sae_lens": "(b) SAELens MatryoshkaBatchTopKTrainingSAE",
     "dictionary_learning": "(c) dictionary_learning MatryoshkaBatchTopKTrainer",

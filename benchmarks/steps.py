@@ -7,7 +7,6 @@ does it. Every builder returns `step()`; it runs on the case's device and return
 Implementations:
   ours      MatryoshkaTranscoder + the Trainer's step (mx kernels; fused Adam)
   ours-noaux  the same with no dead latents, so AuxK is idle: what AuxK costs us
-  mx-ops    the same step from the public mx ops only (used when the transcoder module is absent)
   dense     the seed's way: dense relu(pre), torch.topk over all N*F values, a dense mask, one dense decode per
             prefix, dense AuxK, autograd, torch Adam
   floor     what no implementation can skip: one encoder GEMM and one fused Adam step over all parameters
@@ -140,37 +139,6 @@ class _Params(torch.nn.Module):
         self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True))
 
 
-def build_mx_ops(case: Case):
-    """Our step from the public ops alone: the same maths as the transcoder (fp32 on CPU)."""
-    import matryoshka_ext as mx
-
-    p = _Params(case)
-    x, y = make_data(case)
-    opt = torch.optim.Adam(p.parameters(), lr=2e-4, fused=True)
-    dead_idx = dead_latents(case).nonzero().squeeze(1)
-    ends = case.group_ends
-
-    def step():
-        dt = DTYPES[case.dtype]
-        W_enc, b_enc, W_dec, b_dec = (t.to(dt) for t in (p.W_enc, p.b_enc, p.W_dec, p.b_dec))
-        xs, ys = x.to(dt), y.to(dt)
-        acts = mx.encode(xs, W_enc, b_enc, case.k, mode="batch")
-        loss = mx.nested_mse(acts, W_dec, b_dec, ys, ends).sum()
-        with torch.no_grad():
-            residual = ys - mx.nested_decode(acts.detach(), W_dec, b_dec, [case.f])[0]
-        aux_acts = mx.topk(torch.addmm(b_enc[dead_idx], xs, W_enc[:, dead_idx]), case.aux_k)
-        zero = torch.zeros(case.d, device=x.device, dtype=dt)
-        loss = loss + mx.nested_mse(aux_acts, W_dec[dead_idx], zero, residual, [dead_idx.numel()])[0] / 32
-        loss.backward()
-        p.project_decoder_grad()
-        torch.nn.utils.clip_grad_norm_(p.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        p.normalize_decoder()
-
-    return step
-
-
 def build_dense(case: Case):
     """The seed's dense step: everything N x F, one dense decode per prefix, autograd does the rest."""
     p = _Params(case)
@@ -230,7 +198,6 @@ def builders() -> dict:
     return {
         "ours": build_ours,
         "ours-noaux": build_ours,
-        "mx-ops": build_mx_ops,
         "dense": build_dense,
         "floor": build_floor,
         "sae_lens": peers.build_sae_lens,
@@ -243,7 +210,6 @@ def builders() -> dict:
 PRELOAD = {
     "ours": ["matryoshka_ext.transcoder", "matryoshka_ext.training.optim"],
     "ours-noaux": ["matryoshka_ext.transcoder", "matryoshka_ext.training.optim"],
-    "mx-ops": ["matryoshka_ext"],
     "sae_lens": ["sae_lens"],
     "dictionary_learning": ["dictionary_learning.trainers.matryoshka_batch_top_k"],
     "sparsify": ["sparsify"],

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv-bench
 TORCH=${BENCH_TORCH:-2.14.1}   # the project venv's torch, so that both environments time the same kernels
+# The peer releases benchmarks/peers.py was written against (it drives some of their trainer internals).
+PEERS=${BENCH_PEERS:-"sae-lens==6.54.12 eai-sparsify==1.3.3 dictionary-learning==0.1.0"}
 
 [ -x $VENV/bin/python ] || "$PY" -m venv $VENV
 VPY=$PWD/$VENV/bin/python
@@ -18,7 +20,8 @@ if [ ! -f $VENV/.peers_ok ]; then
   # Every later install is pinned to this torch so that no peer's requirement swaps it.
   echo "torch==$TORCH" > $VENV/torch-pin.txt
   pip_q -c $VENV/torch-pin.txt numpy safetensors pyyaml pytest pytest-benchmark psutil matplotlib
-  pip_q -c $VENV/torch-pin.txt sae-lens eai-sparsify dictionary-learning
+  # shellcheck disable=SC2086
+  pip_q -c $VENV/torch-pin.txt $PEERS
   # dictionary-learning -> nnsight -> torchvision: a torchvision wheel not built for this torch breaks at import
   # ("operator torchvision::nms does not exist"), and no benchmark needs it.
   if ! "$VPY" -c "import torchvision" 2>/dev/null; then "$VPY" -m pip uninstall -q -y torchvision; fi
