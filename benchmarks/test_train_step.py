@@ -59,7 +59,7 @@ def cpu_cases() -> list[Case]:
 def cuda_cases() -> list[Case]:
     gemma = dict(device="cuda", n=4096, d=2304, groups=5, dtype="bfloat16")
     impls = ["ours", "ours-noaux", "dense", "floor", *PEERS]
-    cases = [Case(impl=i, f=65536, k=k, **gemma) for k in (64, 128) for i in impls]
+    cases = [Case(impl=i, f=65536, k=k, **gemma) for k in (64, 128) for i in impls if (i, k) != ("ours-noaux", 128)]
     for f in (16384, 32768):
         cases += [Case(impl="ours", f=f, k=64, **gemma), Case(impl="dense", f=f, k=64, **gemma)]
     return cases
