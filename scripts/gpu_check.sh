@@ -39,7 +39,7 @@ run_stage() {
   ((limit > left)) && limit=$left
   say "=== $name (limit ${limit}s, t=$((SECONDS - T0))s)"
   local start=$SECONDS rc
-  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG" | tail -n "${TAIL_LINES:-12}"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG" | tail -n "${TAIL_LINES:-8}"
   rc=${PIPESTATUS[0]}
   local took=$((SECONDS - start))
   if ((rc == 0)); then
@@ -94,7 +94,7 @@ BUILD_OK=$?
 
 # ---- 3. CUDA tests -----------------------------------------------------------------------------------------
 if ((BUILD_OK == 0)); then
-  TAIL_LINES=25 run_stage "cuda tests" 210 "$PY" -m pytest -q -rfE tests/cuda --maxfail=10 --tb=short -p no:cacheprovider \
+  TAIL_LINES=20 run_stage "cuda tests" 210 "$PY" -m pytest -q -rfE tests/cuda --maxfail=10 --tb=short -p no:cacheprovider \
     --junitxml="$OUT/junit_cuda.xml"
 
   # ---- 4. benchmarks (before the sanitizer, so a slow sanitizer cannot eat their time) --------------------

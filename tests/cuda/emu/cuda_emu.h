@@ -1,7 +1,7 @@
 // Test-only CPU emulation of the CUDA features csrc/cuda uses, so the exact kernel code can run on a machine
-// without a GPU: each block runs on blockDim.x host threads (one block at a time, so function-static
-// "__shared__" variables are block-shared), with real barriers for __syncthreads, per-warp exchanges for
-// shuffles, host atomics, and stand-ins for cub::BlockScan, cub::DeviceRadixSort and c10::cuda.
+// without a GPU: each block's threads run as fibers on the calling thread (one block at a time, so
+// function-static "__shared__" variables are block-shared), with barriers for __syncthreads, per-warp exchanges
+// for shuffles, and stand-ins for atomics, cub::BlockScan, cub::DeviceRadixSort and c10::cuda.
 // It checks launch limits (block size, grid.y) but not shared-memory sizes, alignment faults or timing.
 #pragma once
 
@@ -9,16 +9,15 @@
 
 #include <algorithm>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <numeric>
 #include <stdexcept>
-#include <thread>
 #include <vector>
+
+#include <ucontext.h>
 
 #define __global__
 #define __device__
@@ -39,8 +38,7 @@ struct uint2 {
   unsigned int x, y;
 };
 
-inline thread_local dim3 threadIdx, blockIdx;
-inline dim3 blockDim, gridDim;
+inline dim3 threadIdx, blockIdx, blockDim, gridDim;  // one host thread runs every simulated thread
 
 using cudaStream_t = void*;
 enum cudaError_t { cudaSuccess = 0 };
@@ -66,108 +64,103 @@ inline cudaStream_t getCurrentCUDAStream() { return nullptr; }
 
 namespace mx_emu {
 
-// Reusable barrier that also ORs a flag over the arriving threads (for __syncthreads_or).
-class Barrier {
- public:
-  explicit Barrier(int n) : n_(n) {}
-  int arrive(int flag) {
-    std::unique_lock<std::mutex> lk(mu_);
-    acc_ |= flag;
-    const unsigned long gen = gen_;
-    if (++count_ == n_) {
-      result_ = acc_;
-      acc_ = 0;
-      count_ = 0;
-      ++gen_;
-      cv_.notify_all();
-      return result_;
-    }
-    cv_.wait(lk, [&] { return gen_ != gen; });
-    return result_;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  int n_, count_ = 0, acc_ = 0, result_ = 0;
-  unsigned long gen_ = 0;
+// Each block runs its threads as fibers (ucontext) on the calling thread, round-robin between barriers:
+// deterministic, and a read of shared memory that lacks its barrier sees the stale value at once.
+struct Fiber {
+  ucontext_t ctx;
+  int wait = 0;  // 0 runnable, 1 at the block barrier, 2 at its warp barrier, 3 finished
 };
 
 struct Block {
-  explicit Block(int threads) : bar(threads) {
-    for (int w = 0; w < threads / 32; ++w) warps.emplace_back(new Barrier(32));
-    xchg.resize(threads);
-  }
-  Barrier bar;
-  std::vector<std::unique_ptr<Barrier>> warps;
+  int n = 0, cur = 0, done = 0;
+  std::vector<Fiber> fibers;
+  ucontext_t main;
+  int bar_or = 0, bar_result = 0;
   std::vector<uint64_t> xchg;
+  const std::function<void()>* body = nullptr;
 };
 
-inline thread_local Block* tl_block = nullptr;
+inline Block* g_block = nullptr;
+inline std::vector<std::unique_ptr<char[]>> g_stacks;
+constexpr size_t kStack = 256 * 1024;
 inline std::vector<unsigned char> dyn_buf;
 
 inline unsigned char* dynamic_smem() { return dyn_buf.data(); }
 
+inline void park(int why) {
+  Block& b = *g_block;
+  b.fibers[b.cur].wait = why;
+  swapcontext(&b.fibers[b.cur].ctx, &b.main);
+}
+
+inline void fiber_entry() {
+  (*g_block->body)();
+  g_block->fibers[g_block->cur].wait = 3;
+  ++g_block->done;
+}  // returns to Block::main through uc_link
+
+inline void run_block(int n, const std::function<void()>& body) {
+  Block b;
+  b.n = n;
+  b.fibers.resize(n);
+  b.xchg.assign(n, 0);
+  b.body = &body;
+  g_block = &b;
+  while (static_cast<int>(g_stacks.size()) < n) g_stacks.emplace_back(new char[kStack]);
+  for (int t = 0; t < n; ++t) {
+    Fiber& f = b.fibers[t];
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = g_stacks[t].get();
+    f.ctx.uc_stack.ss_size = kStack;
+    f.ctx.uc_link = &b.main;
+    makecontext(&f.ctx, fiber_entry, 0);
+  }
+  while (b.done < n) {
+    for (int t = 0; t < n; ++t) {
+      if (b.fibers[t].wait != 0) continue;
+      b.cur = t;
+      threadIdx = dim3(static_cast<unsigned>(t), 0, 0);
+      swapcontext(&b.main, &b.fibers[t].ctx);
+    }
+    // Everyone is finished or parked: release a complete barrier.
+    bool released = false;
+    int at_block = 0;
+    for (const Fiber& f : b.fibers) at_block += f.wait == 1;
+    if (at_block > 0 && at_block == n - b.done) {
+      b.bar_result = b.bar_or;
+      b.bar_or = 0;
+      for (Fiber& f : b.fibers)
+        if (f.wait == 1) f.wait = 0;
+      released = true;
+    }
+    for (int w = 0; w < n / 32; ++w) {
+      int at_warp = 0;
+      for (int l = 0; l < 32; ++l) at_warp += b.fibers[w * 32 + l].wait == 2;
+      if (at_warp == 32) {
+        for (int l = 0; l < 32; ++l) b.fibers[w * 32 + l].wait = 0;
+        released = true;
+      }
+    }
+    if (!released && b.done < n) throw std::runtime_error("emu: deadlock (divergent barrier or shuffle)");
+  }
+  g_block = nullptr;
+}
+
 template <typename T>
 T shuffle(T v, int src_lane) {
   static_assert(sizeof(T) <= 8, "shuffle width");
-  Block& b = *tl_block;
-  const int tid = threadIdx.x, base = tid & ~31;
+  Block& b = *g_block;
+  const int tid = b.cur, base = tid & ~31;
   uint64_t bits = 0;
   std::memcpy(&bits, &v, sizeof(T));
   b.xchg[tid] = bits;
-  b.warps[tid >> 5]->arrive(0);
+  park(2);
   bits = b.xchg[base + (src_lane & 31)];
-  b.warps[tid >> 5]->arrive(0);  // everyone has read before the buffer is reused
+  park(2);  // everyone has read before the buffer is reused
   T out;
   std::memcpy(&out, &bits, sizeof(T));
   return out;
 }
-
-// Persistent worker threads (creating 512 threads per block dominated the run time): run(n, fn) calls fn(t) for
-// t in [0, n) on n distinct threads and returns when all are done.
-class Pool {
- public:
-  static Pool& get() {
-    static Pool* pool = new Pool;  // never destroyed: workers stay parked until the process exits
-    return *pool;
-  }
-  void run(int n, const std::function<void(int)>& fn) {
-    std::unique_lock<std::mutex> lk(mu_);
-    while (static_cast<int>(workers_) < n) {
-      const int id = static_cast<int>(workers_++);
-      std::thread([this, id] { loop(id); }).detach();
-    }
-    job_ = &fn;
-    active_ = n;
-    remaining_ = n;
-    ++gen_;
-    wake_.notify_all();
-    done_.wait(lk, [&] { return remaining_ == 0; });
-  }
-
- private:
-  void loop(int id) {
-    unsigned long seen = 0;
-    std::unique_lock<std::mutex> lk(mu_);
-    for (;;) {
-      wake_.wait(lk, [&] { return gen_ != seen; });
-      seen = gen_;
-      if (id >= active_) continue;
-      const std::function<void(int)>* job = job_;
-      lk.unlock();
-      (*job)(id);
-      lk.lock();
-      if (--remaining_ == 0) done_.notify_one();
-    }
-  }
-  std::mutex mu_;
-  std::condition_variable wake_, done_;
-  size_t workers_ = 0;
-  const std::function<void(int)>* job_ = nullptr;
-  int active_ = 0, remaining_ = 0;
-  unsigned long gen_ = 0;
-};
 
 template <typename K>
 struct Launch {
@@ -184,15 +177,11 @@ struct Launch {
     blockDim = block;
     gridDim = grid;
     dyn_buf.assign(smem + 16, 0xAB);  // garbage-filled like real shared memory
+    const std::function<void()> body = [&] { kernel(args...); };
     for (unsigned by = 0; by < grid.y; ++by) {
       for (unsigned bx = 0; bx < grid.x; ++bx) {
-        Block b(static_cast<int>(block.x));
-        Pool::get().run(static_cast<int>(block.x), [&](int t) {
-          threadIdx = dim3(static_cast<unsigned>(t), 0, 0);
-          blockIdx = dim3(bx, by, 0);
-          tl_block = &b;
-          kernel(args...);
-        });
+        blockIdx = dim3(bx, by, 0);
+        run_block(static_cast<int>(block.x), body);
       }
     }
   }
@@ -205,8 +194,12 @@ Launch<K> launch(dim3 grid, dim3 block, size_t smem, K kernel) {
 
 }  // namespace mx_emu
 
-inline void __syncthreads() { mx_emu::tl_block->bar.arrive(0); }
-inline int __syncthreads_or(int p) { return mx_emu::tl_block->bar.arrive(p != 0 ? 1 : 0); }
+inline void __syncthreads() { mx_emu::park(1); }
+inline int __syncthreads_or(int p) {
+  mx_emu::g_block->bar_or |= p != 0 ? 1 : 0;
+  mx_emu::park(1);
+  return mx_emu::g_block->bar_result;
+}
 
 template <typename T>
 T __shfl_xor_sync(unsigned, T v, int mask) {
