@@ -95,6 +95,24 @@ def _train(args: argparse.Namespace) -> int:
 register_command("train", "train a Matryoshka transcoder (no flags: offline default)", _train_args, _train)
 
 
+def _register_other_commands() -> None:
+    # Both modules import argparse only at module level; their heavy imports happen inside the commands.
+    from .eval.commands import COMMANDS as EVAL_COMMANDS
+    from .integrations.commands import add_export_arguments, export_command
+
+    for name, (help_text, add_arguments, run) in EVAL_COMMANDS.items():
+        register_command(name, help_text, add_arguments, run)
+    register_command(
+        "export",
+        "write transcoders for SAELens / circuit-tracer / dictionary_learning; push to the hub",
+        add_export_arguments,
+        export_command,
+    )
+
+
+_register_other_commands()
+
+
 # ----------------------------------------------------------------------------------------------------------
 
 
