@@ -315,6 +315,10 @@ def render(folder: str, out_path: str) -> str:
         from .report import table
 
         lines += ["## Ops (CPU, `benchmarks/test_ops_cpu.py`)", "", table(ops), ""]
+    # GPU op tables as scripts/gpu_check.sh wrote them ($OUT/gpu_bench.md, copied to ops-gpu-<card>.md).
+    for md in sorted(glob.glob(os.path.join(folder, "ops-gpu-*.md"))):
+        card = os.path.basename(md)[len("ops-gpu-") : -len(".md")]
+        lines += [f"## Ops (GPU, {card}, `benchmarks/gpu/`, from scripts/gpu_check.sh)", "", open(md).read(), ""]
     if missed:
         lines += [
             "## Where the time goes (goals missed)",
