@@ -150,6 +150,12 @@ def splice_batch(
     def mean(xk: torch.Tensor) -> torch.Tensor:
         return y_mean.expand(xk.shape[0], d_out)
 
+    # A restart from the residual stream carries no attention mask: with left padding in the batch TransformerLens
+    # masks pads (and shifts positions) only in a forward from tokens, so take the full forward then.
+    tok = getattr(model, "tokenizer", None)
+    pad = getattr(tok, "pad_token_id", None)
+    if from_layer and pad is not None and pad != getattr(tok, "bos_token_id", None) and bool((tokens == pad).any()):
+        from_layer = False
     start = {"start_at_layer": sites.layer} if from_layer else {}
     inp = store["resid"] if from_layer else tokens
     for key, replace in [("zero", zero), ("mean", mean), *variants]:
