@@ -20,6 +20,11 @@ Conventions (documented choices):
   change only in training mode with gradients enabled (or ``update_stats=True``), never in metric passes.
 - Decoder rows have unit norm: ``project_decoder_grad`` removes the radial gradient component before the
   optimiser step, ``normalize_decoder`` renormalises after it.
+- Init: random unit decoder rows, b_dec = target mean, and (``initialize_from_batch``) an encoder that starts
+  useful: W_enc = s * W_lin @ W_dec^T (W_lin: least-squares map x -> y on the first batch; the transcoder
+  analogue of the SAE init W_dec^T), centred by b_enc = -mean(x) @ W_enc, with s fitted in closed form.
+  With W_enc = W_dec^T a transcoder's initial output is noise, every latent is pushed below zero and most
+  die (Gemma 3 270M layer 12: 73% dead vs 2% after 300 steps). ``init_encoder="transpose"`` keeps W_dec^T.
 """
 
 from __future__ import annotations
@@ -128,6 +133,7 @@ class MatryoshkaTranscoder(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Random unit decoder rows; W_enc = init_encoder_scale * W_dec^T (random columns when d_in != d_out).
+        `initialize_from_batch` then refines the encoder from data (do call it before training).
 
         Uses the global RNG unless a CPU `generator` is given.
         """
@@ -146,13 +152,54 @@ class MatryoshkaTranscoder(nn.Module):
 
     @torch.no_grad()
     def initialize_from_batch(self, x: torch.Tensor, y: torch.Tensor, set_scales: bool = True) -> None:
-        """Data-dependent init from raw activations x [N, d_in], y [N, d_out]: the activation scales (when the
-        config scales activations and `set_scales`) and b_dec = mean of the scaled target."""
-        if set_scales and self.cfg.activation_scaling == "unit_mean_squared_norm":
-            self.set_scales(mean_squared_norm_scale(x), mean_squared_norm_scale(y))
-        acc = _acc(self.b_dec.dtype)
-        ys = y.to(acc) * self.y_scale.to(acc)
-        self.b_dec.copy_(ys.mean(0))
+        """Data-dependent init from raw activations x [N, d_in], y [N, d_out] (call after reset_parameters).
+
+        1. activation scales (when the config scales activations and `set_scales`);
+        2. b_dec = mean of the scaled target;
+        3. encoder directions E (``init_encoder``): "linear" sets E = W_lin @ W_dec^T, W_lin the ridge
+           least-squares map from centred x to centred y, so each latent starts by reading the projection of
+           the linearly predicted target onto its own decoder row (for y = x this is the SAE init W_dec^T);
+           "transpose" keeps E = W_dec^T. A random decoder with an unrelated encoder starts as pure noise:
+           every latent is then pushed below zero and most die within a few dozen steps;
+        4. b_enc = -mean(x) @ E (latents read centred inputs), and E, b_enc are scaled by the s > 0 that
+           minimises sum_i w_i ||r_i - y||^2 on this batch (closed form: positive scaling keeps the
+           selection), times ``init_encoder_scale``.
+        """
+        cfg = self.cfg
+        if set_scales and cfg.activation_scaling != "none":
+            per_dim = cfg.activation_scaling == "unit_rms"
+            self.set_scales(
+                mean_squared_norm_scale(x, x.shape[1] if per_dim else 1),
+                mean_squared_norm_scale(y, y.shape[1] if per_dim else 1),
+            )
+        f64 = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
+        xs = x.to(f64) * self.x_scale.to(f64)
+        ys = y.to(f64) * self.y_scale.to(f64)
+        x_mean, y_mean = xs.mean(0), ys.mean(0)
+        self.b_dec.copy_(y_mean)
+        W_dec = self.W_dec.to(f64)
+        if cfg.init_encoder == "linear":
+            xc, yc = xs - x_mean, ys - y_mean
+            gram = xc.T @ xc
+            ridge = 1e-3 * gram.diagonal().mean().clamp_min(1e-12)
+            eye = torch.eye(gram.shape[0], dtype=f64, device=gram.device)
+            W_lin = torch.linalg.solve(gram + ridge * eye, xc.T @ yc)  # [d_in, d_out]
+            E = W_lin @ W_dec.T
+        else:
+            E = self.W_enc.to(f64) / cfg.init_encoder_scale  # reset_parameters' W_dec^T (or random columns)
+        b = -(x_mean @ E)
+        # fit the overall scale s: r_i(s) - b_dec = s * R_i, so s = sum_i w_i <R_i, yc> / sum_i w_i |R_i|^2
+        dt = self.W_enc.dtype if self.W_enc.dtype != torch.float16 else torch.float32
+        acts = _ops().encode(xs.to(dt), E.to(dt), b.to(dt), cfg.k, mode=cfg.selection)
+        zero = torch.zeros(cfg.d_out, dtype=dt, device=x.device)
+        R = _ops().nested_decode(acts, W_dec.to(dt), zero, cfg.group_ends).to(f64)  # [m, N, d_out]
+        w = torch.tensor(cfg.weights, dtype=f64, device=x.device)
+        num = (w * (R * (ys - y_mean)).sum(dim=(1, 2))).sum()
+        den = (w * R.pow(2).sum(dim=(1, 2))).sum()
+        s = float(num / den) if float(den) > 0 and float(num) > 0 else 1.0
+        s *= cfg.init_encoder_scale
+        self.W_enc.copy_(E * s)
+        self.b_enc.copy_(b * s)
 
     @torch.no_grad()
     def set_scales(self, x_scale: float | torch.Tensor, y_scale: float | torch.Tensor) -> None:
@@ -381,9 +428,9 @@ class MatryoshkaTranscoder(nn.Module):
         return model
 
 
-def mean_squared_norm_scale(t: torch.Tensor) -> float:
-    """The scalar s with mean_n ||s * t_n||^2 = 1 for t [N, d] (fp64 accumulation)."""
+def mean_squared_norm_scale(t: torch.Tensor, target: float = 1.0) -> float:
+    """The scalar s with mean_n ||s * t_n||^2 = target for t [N, d] (fp64 accumulation)."""
     ms = t.double().pow(2).sum(1).mean().item()
     if not ms > 0:
         raise ValueError("cannot scale activations whose mean squared norm is 0")
-    return ms**-0.5
+    return (target / ms) ** 0.5

@@ -152,17 +152,58 @@ def test_decoder_norm_constraint_after_steps(seed):
         torch.testing.assert_close(m.W_dec.norm(dim=1), torch.ones(64), rtol=0, atol=1e-6)
 
 
-def test_init_encoder_is_decoder_transpose_and_b_dec_is_target_mean(seed):
+def test_init_transpose_centring_scales_and_b_dec(seed):
     torch.manual_seed(seed)
-    m = _model(dtype="float32", d_out=D_IN, init_encoder_scale=0.5)
-    torch.testing.assert_close(m.W_enc, 0.5 * m.W_dec.t())
-    x, y = _data(seed, torch.float32)
-    y = torch.randn(N, D_IN) + 3
+    m = _model(dtype="float64", d_out=D_IN, init_encoder="transpose", init_encoder_scale=0.5)
+    torch.testing.assert_close(m.W_enc, 0.5 * m.W_dec.t())  # before any data
+    x, _ = _data(seed)
+    y = torch.randn(N, D_IN, dtype=torch.float64) + 3
     m.initialize_from_batch(x, y)
     assert float((x * m.x_scale).pow(2).sum(1).mean()) == pytest.approx(1.0, rel=1e-5)
     assert float((y * m.y_scale).pow(2).sum(1).mean()) == pytest.approx(1.0, rel=1e-5)
     torch.testing.assert_close(m.b_dec, (y * m.y_scale).mean(0))
+    ratio = (m.W_enc / m.W_dec.t()).detach()
+    assert float(ratio.min()) > 0 and torch.allclose(
+        ratio, ratio.flatten()[0].expand_as(ratio)
+    )  # s * W_dec^T
+    xs = x * m.x_scale.double()
+    torch.testing.assert_close(m.b_enc, -(xs.mean(0) @ m.W_enc))  # latents read centred inputs
     assert mean_squared_norm_scale(torch.full((4, 4), 0.5)) == pytest.approx(1.0)
+    assert mean_squared_norm_scale(torch.full((4, 4), 0.5), target=4) == pytest.approx(2.0)
+    m2 = _model(dtype="float64", activation_scaling="unit_rms")
+    m2.initialize_from_batch(x, y[:, :D_OUT])
+    assert float((x * m2.x_scale).pow(2).mean()) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_init_linear_reads_linear_prediction_with_fitted_scale(seed):
+    torch.manual_seed(seed)
+    m = _model(dtype="float64")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N * 4, D_IN, generator=g, dtype=torch.float64)
+    y = x @ torch.randn(D_IN, D_OUT, generator=g, dtype=torch.float64) + 0.1 * torch.randn(
+        N * 4, D_OUT, generator=g
+    )
+    m.initialize_from_batch(x, y)
+    xs, ys = x * m.x_scale.double(), y * m.y_scale.double()
+    xc, yc = xs - xs.mean(0), ys - ys.mean(0)
+    W_lin = torch.linalg.lstsq(xc, yc).solution  # independent (unregularised) least squares
+    E = W_lin @ m.W_dec.t()
+    cos = torch.nn.functional.cosine_similarity(m.W_enc.detach(), E.detach(), dim=0)
+    assert float(cos.min()) > 0.999  # each latent reads the linear prediction projected on its decoder row
+    torch.testing.assert_close(m.b_enc, -(xs.mean(0) @ m.W_enc))
+
+    def loss_at(factor: float) -> float:  # the fitted scale minimises the nested loss on the init batch
+        with torch.no_grad():
+            m.W_enc.mul_(factor)
+            m.b_enc.mul_(factor)
+            out = float(m(x, y, update_stats=False).loss)
+            m.W_enc.div_(factor)
+            m.b_enc.div_(factor)
+        return out
+
+    best = loss_at(1.0)
+    assert best < loss_at(1.1) and best < loss_at(0.9)
+    assert float(m(x, y, update_stats=False).fvu[-1]) < 1.0  # the initial reconstruction already helps
 
 
 def test_threshold_and_dead_counter_updates(seed):

@@ -86,8 +86,8 @@ class TrainResult:
             lines.append(
                 f"JumpReLU inference (threshold from training): FVU {fj}; L0 {self.eval['l0_jumprelu']:.2f}"
             )
-        lines.append(f"checkpoint: {self.checkpoint}")
-        lines.append(f"transcoder (raw-activation weights): {self.transcoder_dir}")
+        lines.append(f"checkpoint: {os.path.abspath(self.checkpoint)}")
+        lines.append(f"transcoder (raw-activation weights): {os.path.abspath(self.transcoder_dir)}")
         return lines
 
 

@@ -45,7 +45,7 @@ def test_offline_default_few_steps(tmp_path, monkeypatch, capsys):
     run = tmp_path / "runs" / "e2e"
     ck = load_checkpoint(str(run))
     assert ck.state["step"] == 6 and ck.state["tokens_seen"] == 6144
-    assert ck.state["config"]["transcoder"]["d_in"] == 640 and ck.state["config"]["layer"] == 6
+    assert ck.state["config"]["transcoder"]["d_in"] == 640 and ck.state["config"]["layer"] == 12
     assert any(d.startswith("offline-run-") for d in os.listdir(tmp_path / "wandb"))
     # the saved transcoder (scales folded in) runs on raw activations exactly like the trained one
     from matryoshka_ext.config import TranscoderConfig
