@@ -4,8 +4,10 @@ Importing this package imports torch only; model, data, logging and plotting lib
 """
 
 from ._library import has_cuda_kernels
+from .config import TrainConfig, TranscoderConfig
 from .ops import batch_topk, encode, nested_decode, nested_mse, topk
 from .sparse import SparseActs
+from .transcoder import MatryoshkaTranscoder
 
 __version__ = "0.1.0"
 
@@ -18,6 +20,9 @@ def load_transcoder(*args, **kwargs):
 
 
 __all__ = [
+    "MatryoshkaTranscoder",
+    "TrainConfig",
+    "TranscoderConfig",
     "SparseActs",
     "batch_topk",
     "encode",
