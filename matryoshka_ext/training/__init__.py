@@ -4,13 +4,21 @@
 (the language model is only imported and loaded here), then a `Trainer`.
 """
 
-from .checkpoint import load_checkpoint, load_checkpoint_config, resolve_checkpoint, save_checkpoint
+from .checkpoint import (
+    CorruptCheckpointError,
+    load_checkpoint,
+    load_checkpoint_config,
+    resolve_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from .schedule import WarmupCosine, lr_at
 from .sources import CachedActivations, SyntheticActivations, write_activation_cache
 from .trainer import Trainer, TrainResult
 
 __all__ = [
     "CachedActivations",
+    "CorruptCheckpointError",
     "SyntheticActivations",
     "TrainResult",
     "Trainer",
@@ -21,6 +29,7 @@ __all__ = [
     "resolve_checkpoint",
     "run_training",
     "save_checkpoint",
+    "verify_checkpoint",
     "write_activation_cache",
 ]
 

@@ -1,4 +1,4 @@
-"""Checkpoints: pickle-free round trip, atomic writes, keep-last-K."""
+"""Checkpoints: pickle-free round trip, atomic writes, keep-last-K, checksums and fallback on corruption."""
 
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ def test_round_trip_without_pickle(tmp_path, no_pickle):
     model, opt_state, state = _state(5)
     path = ck.save_checkpoint(str(tmp_path), 5, model, opt_state, state, keep_last=3)
     assert sorted(os.listdir(path)) == [
+        "manifest.json",
         "model.safetensors",
         "optimizer.safetensors",
         "state.json",
@@ -112,6 +113,7 @@ def test_atomic_on_failure(tmp_path, monkeypatch):
         real(path, data)
 
     monkeypatch.setattr(serialize, "write_bytes_durably", flaky)
+    monkeypatch.setattr(ck, "write_bytes_durably", flaky)
     with pytest.raises(OSError, match="disk full"):
         ck.save_checkpoint(str(tmp_path), 2, *_state(2), keep_last=3)
     root = os.path.join(tmp_path, ck.CKPT_DIRNAME)
@@ -122,3 +124,75 @@ def test_atomic_on_failure(tmp_path, monkeypatch):
 def test_missing_checkpoint_message(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         ck.resolve_checkpoint(str(tmp_path))
+
+
+def _corrupt(path: str, how: str) -> None:
+    f = os.path.join(path, "model.safetensors")
+    if how == "truncate":
+        os.truncate(f, os.path.getsize(f) // 2)
+    elif how == "bitflip":  # same size, one bit somewhere in the tensor bytes at the end of the file
+        with open(f, "r+b") as fh:
+            fh.seek(os.path.getsize(f) - 5)
+            b = fh.read(1)
+            fh.seek(-1, os.SEEK_CUR)
+            fh.write(bytes([b[0] ^ 0x10]))
+    elif how == "no-manifest":
+        os.remove(os.path.join(path, ck.MANIFEST))
+    elif how == "bad-manifest":
+        with open(os.path.join(path, ck.MANIFEST), "w") as fh:
+            fh.write("{not json")
+    elif how == "missing-file":
+        os.remove(os.path.join(path, "optimizer.safetensors"))
+
+
+@pytest.mark.parametrize("how", ["truncate", "bitflip", "bad-manifest", "missing-file"])
+def test_corruption_detected_and_previous_used(tmp_path, how):
+    first = ck.save_checkpoint(str(tmp_path), 10, *_state(10), keep_last=3)
+    second = ck.save_checkpoint(str(tmp_path), 20, *_state(20), keep_last=3)
+    _corrupt(second, how)
+    with pytest.raises(ck.CorruptCheckpointError, match="step_000000020"):
+        ck.load_checkpoint(second)  # named directly: an error, never a silent substitute
+    with pytest.raises(ck.CorruptCheckpointError):
+        ck.verify_checkpoint(second)
+    with pytest.warns(RuntimeWarning, match="falling back"):
+        loaded = ck.load_checkpoint(str(tmp_path))  # the run folder: the newest checkpoint that verifies
+    assert loaded.path == first and loaded.state["step"] == 10
+
+
+def test_unfinished_write_is_not_a_checkpoint(tmp_path):
+    first = ck.save_checkpoint(str(tmp_path), 10, *_state(10), keep_last=3)
+    second = ck.save_checkpoint(str(tmp_path), 20, *_state(20), keep_last=3)
+    _corrupt(second, "no-manifest")  # what a crash between the files and the manifest would look like
+    assert [s for s, _ in ck.checkpoint_dirs(str(tmp_path))] == [10]
+    assert ck.resolve_checkpoint(str(tmp_path)) == first
+
+
+def test_all_corrupt_raises(tmp_path):
+    only = ck.save_checkpoint(str(tmp_path), 10, *_state(10), keep_last=3)
+    _corrupt(only, "bitflip")
+    with pytest.raises(ck.CorruptCheckpointError, match="no checkpoint of this run verifies"), pytest.warns(
+        RuntimeWarning
+    ):
+        ck.resolve_checkpoint(str(tmp_path))
+
+
+def test_checkpoint_with_pickle_payload_is_refused(tmp_path):
+    """A state.json cannot smuggle code: unknown node types are refused, and nothing is ever unpickled."""
+    import json
+    import pickle
+
+    path = ck.save_checkpoint(str(tmp_path), 10, *_state(10), keep_last=3)
+    meta_file = os.path.join(path, "state.json")
+    meta = json.load(open(meta_file))
+    meta["state"]["__map__"]["evil"] = {"__pickle__": pickle.dumps(os.system).hex()}
+    raw = json.dumps(meta).encode()
+    with open(meta_file, "wb") as fh:
+        fh.write(raw)
+    # even with the manifest updated to match (an attacker who rewrites the whole folder), loading refuses
+    import hashlib
+
+    man = json.load(open(os.path.join(path, ck.MANIFEST)))
+    man["files"]["state.json"] = {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
+    json.dump(man, open(os.path.join(path, ck.MANIFEST), "w"))
+    with pytest.raises(ck.CorruptCheckpointError, match="unknown serialised node"):
+        ck.load_checkpoint(path)
