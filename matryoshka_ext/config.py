@@ -281,6 +281,10 @@ class TrainConfig(_Base):
     adam_beta1: float = _help("Adam beta1", default=0.9)
     adam_beta2: float = _help("Adam beta2", default=0.999)
     grad_clip: float = _help("gradient-norm clip (0 = off)", default=1.0)
+    max_nonfinite_in_a_row: int = _help(
+        "a step whose loss or gradient is NaN/Inf is skipped and counted; stop after this many in a row",
+        default=10,
+    )
     seed: int = _help("random seed", default=0)
     device: str = _help("'auto', 'cpu', 'cuda', 'cuda:1', ...", default="auto")
     autocast_bf16: bool = _help("bf16 autocast of the transcoder step (GPU only; off on CPU)", default=True)
@@ -313,6 +317,7 @@ class TrainConfig(_Base):
             "total_tokens",
             "log_every",
             "keep_last",
+            "max_nonfinite_in_a_row",
         )
         for name in positive:
             v = getattr(self, name)

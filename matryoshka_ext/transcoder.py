@@ -278,7 +278,7 @@ class MatryoshkaTranscoder(nn.Module):
                 loss = loss + aux
 
         if update:
-            self._update_stats(det, x.shape[0])
+            self.update_stats(det, x.shape[0])
         return TranscoderOutput(
             loss=loss,
             mse=mse,
@@ -292,16 +292,22 @@ class MatryoshkaTranscoder(nn.Module):
         )
 
     @torch.no_grad()
-    def _update_stats(self, acts: SparseActs, n_tokens: int) -> None:
+    def update_stats(self, acts: SparseActs, n_tokens: int, sync: Any = None) -> None:
         """Dead counters: +N for every latent, reset to 0 where it fired. Threshold: EMA of the batch's
-        smallest positive selected activation (no host sync)."""
+        smallest positive selected activation (no host sync).
+
+        Data parallel: `sync(fired [F] bool, batch_min [] fp32) -> (fired, batch_min)` combines the ranks'
+        values (fired anywhere, smallest anywhere) and `n_tokens` is the global batch, so every rank applies
+        the update one process would make on the whole batch."""
         vals = acts.values.float()
         positive = vals > 0
         fired = torch.zeros_like(self.tokens_since_fired, dtype=torch.bool)
         fired[acts.indices[positive]] = True
-        self.tokens_since_fired.add_(n_tokens).masked_fill_(fired, 0)
         inf = torch.full_like(vals, float("inf"))
         batch_min = torch.where(positive, vals, inf).min() if vals.numel() else inf.new_tensor(float("inf"))
+        if sync is not None:
+            fired, batch_min = sync(fired, batch_min)
+        self.tokens_since_fired.add_(n_tokens).masked_fill_(fired, 0)
         valid = torch.isfinite(batch_min)
         mom = self.cfg.threshold_momentum
         ema = mom * self.threshold + (1 - mom) * batch_min

@@ -14,12 +14,13 @@ from .checkpoint import (
 )
 from .schedule import WarmupCosine, lr_at
 from .sources import CachedActivations, SyntheticActivations, write_activation_cache
-from .trainer import Trainer, TrainResult
+from .trainer import NonFiniteTrainingError, Trainer, TrainResult
 
 __all__ = [
     "CachedActivations",
     "CorruptCheckpointError",
     "SyntheticActivations",
+    "NonFiniteTrainingError",
     "TrainResult",
     "Trainer",
     "WarmupCosine",

@@ -1,8 +1,14 @@
 """The training loop: one readable `Trainer` over any resumable activation stream.
 
 Step s (0-based):  batch s -> forward (nested loss + AuxK) -> backward -> project decoder grad -> clip ->
-Adam step -> renormalise decoder rows -> lr schedule advances. The model's dead counters and JumpReLU
-threshold update inside the training forward. Metrics come from that same forward (no extra pass).
+finiteness check -> Adam step -> renormalise decoder rows -> dead counters and JumpReLU threshold update ->
+lr schedule advances. Metrics come from that same forward (no extra pass).
+
+Numerical faults: a batch whose loss or gradient norm is NaN/Inf is skipped before anything is updated
+(weights, Adam moments, dead counters, threshold, schedule, step) and counted (`nonfinite_skipped`, logged as
+`train/nonfinite_skipped`); `cfg.max_nonfinite_in_a_row` consecutive skips stop the run with
+`NonFiniteTrainingError` (the last checkpoint stays the newest). A checkpoint is never written from non-finite
+weights. The check costs one device->host sync per step, as AMP's GradScaler does.
 
 Exact resume: a checkpoint after step s holds the model (with its buffers), Adam state, scheduler step,
 RNG states and the stream's position after s + 1 batches, so later steps replay identically (bit-exact on
@@ -37,6 +43,10 @@ from .optim import make_optimizer
 from .schedule import WarmupCosine
 
 FORMAT_VERSION = 1
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Training produced NaN/Inf too many steps in a row, or non-finite weights were about to be saved."""
 
 
 class ActivationStream(Protocol):
@@ -138,6 +148,8 @@ class Trainer:
         self._iter: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last_checkpoint: str | None = None
+        self.nonfinite_skipped = 0  # batches skipped for a NaN/Inf loss or gradient, over the whole run
+        self._nonfinite_run = 0  # ... and in a row, up to now
 
     # --------------------------------------------------------------------------------------------------
     # setup
@@ -206,6 +218,7 @@ class Trainer:
         self.step = int(st["step"])
         self.tokens_seen = int(st["tokens_seen"])
         self.wandb_id = st.get("wandb_id")
+        self.nonfinite_skipped = int(st.get("nonfinite_skipped", 0))
         self.last_checkpoint = ckpt.path
 
     # --------------------------------------------------------------------------------------------------
@@ -217,26 +230,57 @@ class Trainer:
         return contextlib.nullcontext()
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor):
-        """One optimiser step on a batch; returns the TranscoderOutput of its forward."""
+        """One optimiser step on a batch x [B, d_in], y [B, d_out]; returns the TranscoderOutput of its forward,
+        or None when the batch was skipped because its loss or gradient norm was not finite (then nothing was
+        updated; see the module docstring)."""
         model, opt, sched = self.model, self.optimizer, self.scheduler
         assert model is not None and opt is not None and sched is not None
         with self._autocast():
-            out = model(x, y)
+            out = model(x, y, update_stats=False)  # counters/threshold update only once the step is known good
         out.loss.backward()
         model.project_decoder_grad()
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if not bool(torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm)):
+            opt.zero_grad(set_to_none=True)
+            self._skip_nonfinite(float(out.loss.detach()), float(grad_norm))
+            return None
+        self._nonfinite_run = 0
         opt.step()
         opt.zero_grad(set_to_none=True)
         model.normalize_decoder()
+        model.update_stats(out.acts, x.shape[0])
         sched.step()
         self.step += 1
         self.tokens_seen += x.shape[0]
         return out
 
+    def _skip_nonfinite(self, loss: float, grad_norm: float) -> None:
+        self.nonfinite_skipped += 1
+        self._nonfinite_run += 1
+        limit = self.cfg.max_nonfinite_in_a_row
+        print(
+            f"step {self.step}: non-finite loss {loss} / gradient norm {grad_norm}; batch skipped "
+            f"({self._nonfinite_run} in a row, limit {limit}; {self.nonfinite_skipped} in this run)",
+            file=sys.stderr,
+        )
+        if self._nonfinite_run >= limit:
+            where = self.last_checkpoint or "none yet"
+            raise NonFiniteTrainingError(
+                f"{self._nonfinite_run} non-finite steps in a row at step {self.step} (max_nonfinite_in_a_row="
+                f"{limit}); weights were left untouched. Last checkpoint: {where}. Check the activations for "
+                f"NaN/Inf, or lower lr."
+            )
+
     def save(self) -> str:
         """Checkpoint the current state (atomic; prunes to keep_last)."""
         assert self.model is not None and self.optimizer is not None and self.scheduler is not None
+        bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise NonFiniteTrainingError(
+                f"refusing to checkpoint non-finite parameters {bad} at step {self.step}; "
+                f"the last good checkpoint is {self.last_checkpoint or 'none'}"
+            )
         state = {
             "format_version": FORMAT_VERSION,
             "config": self.cfg.replace(resume=None).to_dict(),
@@ -246,6 +290,7 @@ class Trainer:
             "rng": capture_rng_state(),
             "data": self.data.state_dict(),
             "wandb_id": self.wandb_id,
+            "nonfinite_skipped": self.nonfinite_skipped,
         }
         self.last_checkpoint = save_checkpoint(
             self.run_dir,
@@ -293,12 +338,15 @@ class Trainer:
                 x, y = self._next_batch()
                 lr = self.scheduler.current_lr()
                 out = self.train_step(x, y)
+                if out is None:  # skipped: non-finite loss or gradient (counted; see train_step)
+                    continue
                 window_tok += x.shape[0]
                 logger.advance(x.shape[0])
                 if self.step % cfg.log_every == 0 or self.step == end:
                     now = time.perf_counter()
                     tps = window_tok / max(now - window_t, 1e-9)
                     last_metrics = step_metrics(out, model, lr, self.tokens_seen, tps)
+                    last_metrics["train/nonfinite_skipped"] = float(self.nonfinite_skipped)
                     logger.log(last_metrics, self.step)
                     window_t, window_tok = now, 0
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < end:
