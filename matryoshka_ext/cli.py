@@ -86,9 +86,14 @@ def _train(args: argparse.Namespace) -> int:
         print(cfg.to_yaml(), end="")
         return 0
     from .training import run_training
+    from .training.distributed import DistContext, destroy_distributed
 
-    result = run_training(cfg)
-    print("\n".join(result.summary_lines()))
+    try:  # under torchrun: every rank trains, rank 0 reports
+        result = run_training(cfg)
+        if DistContext.current().is_main:
+            print("\n".join(result.summary_lines()))
+    finally:
+        destroy_distributed()
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -23,8 +23,13 @@ def step_metrics(
     lr: float,
     tokens_seen: int,
     tokens_per_second: float | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Every logged metric of one training step (one host sync)."""
+    """Every logged metric of one training step (one host sync).
+
+    `reduce` (data parallel) combines the packed metric vector across ranks before it is read, e.g. an
+    all-reduce mean: losses, L0 and FVU become means of the ranks' values (each rank's FVU is relative to its
+    own share of the batch); dead counts and the threshold are identical on every rank already."""
     cfg = model.cfg
     dead = model.dead_mask()
     packed = torch.cat(
@@ -39,7 +44,10 @@ def step_metrics(
             torch.stack([dead[:e].sum() for e in cfg.group_ends]).float(),
             model.threshold.float().reshape(1),
         ]
-    ).tolist()
+    )
+    if reduce is not None:
+        packed = reduce(packed)
+    packed = packed.tolist()
     m = cfg.num_groups
     loss, aux, l0, n_dead = packed[:4]
     mse = packed[4 : 4 + m]

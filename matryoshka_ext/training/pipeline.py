@@ -7,6 +7,11 @@ Data paths (all resumable):
   order (`CachedActivations`). A second run, or a resume, reuses the cache and skips the LM entirely.
 - cache_tokens == 0: live LM activations through the data package's shuffling `ActivationBuffer`.
 The held-out evaluation at the end reads `eval_tokens` tokens of `eval_split`, cached the same way.
+
+Under torchrun (several ranks; see docs/DISTRIBUTED.md) every stream is sharded: synthetic and cached
+streams give each rank its slice of every global batch (global positions, any world size resumes), the live
+LM path gives each rank its own token contexts (rank r of W: contexts r, r+W, ...). Rank 0 builds caches
+and picks the run folder; the others wait for it.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import torch
 
 from ..config import TrainConfig
 from .checkpoint import resolve_checkpoint
+from .distributed import DistContext, init_distributed
 from .sources import CachedActivations, SyntheticActivations, cache_is_complete, write_activation_cache
-from .trainer import Trainer, TrainResult, resolve_device
+from .trainer import Trainer, TrainResult
 
 _DTYPES = {
     "float32": torch.float32,
@@ -52,24 +58,30 @@ def run_dir_for(cfg: TrainConfig) -> str:
 
 def run_training(cfg: TrainConfig, run_dir: str | None = None, max_steps: int | None = None) -> TrainResult:
     """Build the data the config asks for and train (fresh or resumed) to cfg.total_steps, or stop after
-    `max_steps` steps (the schedule still spans the whole run, so a later --resume continues it exactly)."""
-    device = resolve_device(cfg.device)
-    run_dir = run_dir or run_dir_for(cfg)
-    data, eval_fn = build_data(cfg, device)
+    `max_steps` steps (the schedule still spans the whole run, so a later --resume continues it exactly).
+
+    Launched by torchrun with several ranks, this joins the process group and trains data-parallel."""
+    ctx, device = init_distributed(cfg.device)
+    run_dir = run_dir or ctx.broadcast_object(run_dir_for(cfg) if ctx.is_main else None)
+    data, eval_fn = build_data(cfg, device, ctx)
     try:
-        return Trainer(cfg, data, run_dir, device, eval_fn).run(max_steps=max_steps)
+        return Trainer(cfg, data, run_dir, device, eval_fn, dist=ctx).run(max_steps=max_steps)
     finally:
         close = getattr(data, "close", None)
         if close is not None:  # stops the activation buffer's background thread
             close()
 
 
-def build_data(cfg: TrainConfig, device: torch.device) -> tuple[Any, EvalFn | None]:
-    """(training stream, held-out batches callable or None) for `cfg`."""
+def build_data(
+    cfg: TrainConfig, device: torch.device, ctx: DistContext | None = None
+) -> tuple[Any, EvalFn | None]:
+    """(training stream, held-out batches callable or None) for `cfg`; this rank's shard under `ctx`."""
+    ctx = ctx or DistContext.single()
+    shard = (ctx.rank, ctx.world_size)
     if cfg.model_name == "synthetic":
         tc = cfg.transcoder
         kw = dict(d_in=tc.d_in or 32, d_out=tc.d_out or 24, device=device)
-        data = SyntheticActivations(batch_size=cfg.batch_tokens, seed=cfg.seed, **kw)
+        data = SyntheticActivations(batch_size=cfg.batch_tokens, seed=cfg.seed, shard=shard, **kw)
         if not cfg.eval_tokens:
             return data, None
 
@@ -85,48 +97,89 @@ def build_data(cfg: TrainConfig, device: torch.device) -> tuple[Any, EvalFn | No
     lm = _LazyLM(cfg, device)
     eval_fn = None
     if cfg.eval_tokens and cfg.eval_split:
-        eval_path = ensure_cache(cfg, lm, cfg.eval_split, cfg.eval_tokens)
+        eval_path = ensure_cache_shared(cfg, lm, cfg.eval_split, cfg.eval_tokens, ctx)
 
         def eval_fn() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             held = CachedActivations(eval_path, batch_size=1, device=device)
             return held.ordered_batches(cfg.batch_tokens)
 
     if cfg.cache_tokens:
-        path = ensure_cache(cfg, lm, cfg.dataset_split, cfg.cache_tokens)
+        path = ensure_cache_shared(cfg, lm, cfg.dataset_split, cfg.cache_tokens, ctx)
         lm.release()
-        return CachedActivations(path, cfg.batch_tokens, seed=cfg.seed, device=device), eval_fn
+        return CachedActivations(path, cfg.batch_tokens, seed=cfg.seed, device=device, shard=shard), eval_fn
     from ..data.activations import ActivationBuffer
 
-    source = lm.source(cfg.dataset_split)
+    # each rank runs the LM on its own contexts (r, r+W, ...); the monkeypatchable one-argument call otherwise
+    source = lm.source(cfg.dataset_split, shard=shard) if ctx.enabled else lm.source(cfg.dataset_split)
     # background refills overlap the LM with training where a GPU runs the LM; on CPU they share the cores
     buffer = ActivationBuffer(
         source,
         cfg.buffer_tokens,
-        cfg.batch_tokens,
+        _local_batch(cfg.batch_tokens, ctx),
         seed=cfg.seed,
         device=device,
         background=device.type == "cuda",
     )
-    return _BufferStream(buffer, cfg.checkpoint_buffer), eval_fn
+    return _BufferStream(buffer, cfg.checkpoint_buffer, ctx), eval_fn
+
+
+def _local_batch(batch_tokens: int, ctx: DistContext) -> int:
+    lo, hi = ctx.shard(batch_tokens)  # raises unless the world size divides the batch
+    return hi - lo
 
 
 class _BufferStream:
-    """The data package's ActivationBuffer, checkpointed with or without its rows (`checkpoint_buffer`)."""
+    """The data package's ActivationBuffer, checkpointed with or without its rows (`checkpoint_buffer`).
 
-    def __init__(self, buffer: Any, include_buffer: bool) -> None:
+    Data parallel (`ctx` with several ranks): each rank has its own buffer over its own contexts. The
+    checkpoint then holds every rank's position and generator (gathered to rank 0, rows never: they would
+    be world_size * buffer_tokens * (d_in + d_out) * 4 bytes), so a resume starts from empty buffers at
+    those positions: deterministic, not bit-identical to the uninterrupted run. With a different world size
+    the run restarts every new rank after the furthest global context any old rank consumed (a few contexts
+    of the lagging ranks are skipped, none is read twice).
+    """
+
+    def __init__(self, buffer: Any, include_buffer: bool, ctx: DistContext | None = None) -> None:
         self.buffer, self.include_buffer = buffer, include_buffer
+        self.ctx = ctx or DistContext.single()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return iter(self.buffer)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.buffer.state_dict(include_buffer=self.include_buffer)
+        if not self.ctx.enabled:
+            return self.buffer.state_dict(include_buffer=self.include_buffer)
+        ranks = self.ctx.all_gather_object(self.buffer.state_dict(include_buffer=False))
+        return {"world_size": self.ctx.world_size, "ranks": ranks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.buffer.load_state_dict(state)
+        if "ranks" not in state and not self.ctx.enabled:
+            self.buffer.load_state_dict(state)
+            return
+        ranks, world = (state["ranks"], int(state["world_size"])) if "ranks" in state else ([state], 1)
+        if world == self.ctx.world_size:
+            mine = dict(ranks[self.ctx.rank])
+            mine["buffer"] = None
+            self.buffer.load_state_dict(mine)
+            return
+        self.buffer.load_state_dict(regrid_buffer_state(ranks, world, self.ctx.rank, self.ctx.world_size))
 
     def close(self) -> None:
         self.buffer.close()
+
+
+def regrid_buffer_state(ranks: list[dict[str, Any]], world: int, rank: int, new_world: int) -> dict[str, Any]:
+    """A buffer state for rank `rank` of `new_world` continuing a run whose `world` ranks left `ranks`.
+
+    Rank r of `world` consumed global contexts r, r + world, ..., r + (p_r - 1) * world. The new ranks
+    start at the first global context G after the furthest one consumed; rank r' of W' reads contexts
+    s*W' + r' >= G, so it starts at s = ceil((G - r') / W') of its own."""
+    furthest = max((r + (int(st["position"]) - 1) * world for r, st in enumerate(ranks)), default=-1)
+    g = furthest + 1
+    start = max(0, -(-(g - rank) // new_world))
+    mine = dict(ranks[min(rank, len(ranks) - 1)])
+    mine.update(position=start, buffer=None, exhausted=False, tokens_served=0)
+    return mine
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -151,8 +204,9 @@ class _LazyLM:
         self.model = None
         gc.collect()
 
-    def source(self, split: str) -> Any:
-        """The data package's ActivationSource over `split` (yields ActivationBatch with .x, .y; BOS dropped)."""
+    def source(self, split: str, shard: tuple[int, int] = (0, 1)) -> Any:
+        """The data package's ActivationSource over `split` (yields ActivationBatch with .x, .y; BOS dropped);
+        `shard=(rank, world)` keeps this rank's contexts only."""
         from ..data.activations import ActivationSource
         from ..data.sites import sites_for
         from ..data.text import text_dataset
@@ -167,7 +221,7 @@ class _LazyLM:
             text_field=cfg.text_field,
             subset=cfg.dataset_subset,
         )
-        contexts = token_contexts(texts, model, cfg.context_size, prepend_bos=cfg.prepend_bos)
+        contexts = token_contexts(texts, model, cfg.context_size, prepend_bos=cfg.prepend_bos, shard=shard)
         sites = sites_for(cfg.layer, cfg.input_hook, cfg.output_hook)
         return ActivationSource(
             model, sites, contexts, batch_contexts=cfg.lm_batch_contexts, device=self.device
@@ -220,4 +274,23 @@ def ensure_cache(cfg: TrainConfig, lm: _LazyLM, split: str, n_tokens: int) -> st
             meta={"model": cfg.model_name, "layer": cfg.layer, "split": split, "dataset": cfg.dataset},
             progress=cfg.progress,
         )
+    return path
+
+
+def ensure_cache_shared(
+    cfg: TrainConfig, lm: _LazyLM, split: str, n_tokens: int, ctx: DistContext | None = None
+) -> str:
+    """`ensure_cache` when several ranks need the cache: rank 0 builds it while the others wait; then the
+    first rank of any node that still does not see it (its filesystem is not rank 0's) builds its own copy.
+    Works for one host, nodes sharing a filesystem, and nodes that share none."""
+    ctx = ctx or DistContext.single()
+    if not ctx.enabled:
+        return ensure_cache(cfg, lm, split, n_tokens)
+    path = os.path.join(cache_root_dir(cfg), cache_key(cfg, split, n_tokens))
+    if ctx.is_main:
+        ensure_cache(cfg, lm, split, n_tokens)
+    ctx.barrier()
+    if ctx.local_rank == 0 and not cache_is_complete(path):
+        ensure_cache(cfg, lm, split, n_tokens)
+    ctx.barrier()
     return path

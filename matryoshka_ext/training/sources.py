@@ -28,6 +28,10 @@ class SyntheticActivations:
 
     The ground-truth dictionary comes from `dict_seed`; every batch from one CPU generator seeded by `seed`,
     so the stream is reproducible and resumable.
+
+    `shard=(rank, world)`: data parallel. `batch_size` is the global batch; this rank returns its rows
+    [rank*B/world, (rank+1)*B/world) of it. Every rank draws the whole (cheap, synthetic) global batch, so the
+    global stream, and the state (generator, batches), are the same for every world size.
     """
 
     def __init__(
@@ -41,8 +45,10 @@ class SyntheticActivations:
         device: str | torch.device = "cpu",
         noise: float = 0.01,
         dict_seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.d_in, self.d_out, self.batch_size = d_in, d_out, batch_size
+        self.rows = _shard_rows(batch_size, shard)
         self.n_features, self.active, self.noise, self.device = (
             n_features,
             active,
@@ -68,7 +74,8 @@ class SyntheticActivations:
         x = codes @ self.D_in + self.noise * torch.randn(B, self.d_in, generator=g)
         y = codes @ self.D_out + 0.3
         self.batches += 1
-        return x.to(self.device), y.to(self.device)
+        lo, hi = self.rows
+        return x[lo:hi].to(self.device), y[lo:hi].to(self.device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.gen.get_state(), "batches": self.batches}
@@ -76,6 +83,17 @@ class SyntheticActivations:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gen.set_state(state["generator"])
         self.batches = int(state["batches"])
+
+
+def _shard_rows(batch_size: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """[start, stop) of rank `shard[0]`'s rows in a global batch of `batch_size` rows."""
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} must be divisible by the world size {world}")
+    n = batch_size // world
+    return rank * n, (rank + 1) * n
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -173,6 +191,10 @@ class CachedActivations:
 
     Batches hold `batch_size` tokens (an epoch's remainder is dropped), as float32 on `device`.
     State: {"epoch", "position"}; epoch e's order is randperm(seed, e), so nothing else needs saving.
+
+    `shard=(rank, world)`: data parallel. `batch_size` is the global batch; this rank reads only its rows
+    [rank*B/world, (rank+1)*B/world) of each global batch. `position` counts global tokens, so a checkpoint
+    resumes under any world size.
     """
 
     def __init__(
@@ -182,7 +204,9 @@ class CachedActivations:
         seed: int = 0,
         device: str | torch.device = "cpu",
         eval_tokens: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
+        self.rows = _shard_rows(batch_size, shard)
         with open(os.path.join(path, MANIFEST)) as fh:
             self.manifest = json.load(fh)
         xs, ys = [], []
@@ -223,7 +247,8 @@ class CachedActivations:
             self.epoch, self.position, self._order = self.epoch + 1, 0, None
         idx = self._epoch_order()[self.position : self.position + self.batch_size]
         self.position += self.batch_size
-        return self._get(idx)
+        lo, hi = self.rows
+        return self._get(idx[lo:hi])
 
     def _get(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.x.index_select(0, idx).to(self.device, torch.float32, non_blocking=True)

@@ -38,6 +38,7 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from .distributed import DistContext
 from .metrics import RunLogger, evaluate, step_metrics
 from .optim import make_optimizer
 from .schedule import WarmupCosine
@@ -124,6 +125,11 @@ class Trainer:
     data        an ActivationStream (iterable of (x, y) with state_dict / load_state_dict)
     run_dir     where checkpoints/, transcoder/, metrics.jsonl and the W&B run go
     eval_data   optional callable returning held-out batches for the final report
+    dist        data-parallel context (default: torch.distributed's world if initialized, else one process):
+                `data` yields this rank's share of each global batch; see training/distributed.py
+
+    `run()` = `begin()`, `step_once()` until `done`, `finish()`; the step-wise form lets one loop drive
+    several trainers in lockstep (training/multi.py: many layers from one pass of the LM).
     """
 
     def __init__(
@@ -133,8 +139,14 @@ class Trainer:
         run_dir: str,
         device: torch.device | str | None = None,
         eval_data: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None,
+        dist: DistContext | None = None,
     ) -> None:
         self.cfg = cfg
+        # data parallel: the ranks training this transcoder together (default: torch.distributed's world)
+        self.dist = dist if dist is not None else DistContext.current()
+        self._ddp: torch.nn.Module | None = None
+        self._logger: RunLogger | None = None
+        self._interrupted = False
         self.data = data
         self.run_dir = run_dir
         self.device = torch.device(device) if device is not None else resolve_device(cfg.device)
@@ -189,7 +201,10 @@ class Trainer:
         tc = tc.replace(d_in=x.shape[1], d_out=y.shape[1])
         self.cfg = cfg = cfg.replace(transcoder=tc)
         self.model = MatryoshkaTranscoder(tc).to(self.device)  # init on CPU from the seeded global RNG
-        self.model.initialize_from_batch(x.to(self.device), y.to(self.device))
+        # data parallel: every rank initialises from the whole first global batch (gathered in rank order),
+        # so all ranks start identical, and identical to a one-process run on the same global stream
+        gx, gy = self.dist.all_gather_rows(x.to(self.device)), self.dist.all_gather_rows(y.to(self.device))
+        self.model.initialize_from_batch(gx, gy)
         self.model.train()
         self._build_optim()
 
@@ -236,12 +251,12 @@ class Trainer:
         model, opt, sched = self.model, self.optimizer, self.scheduler
         assert model is not None and opt is not None and sched is not None
         with self._autocast():
-            out = model(x, y, update_stats=False)  # counters/threshold update only once the step is known good
+            out = self._module()(x, y, update_stats=False)  # counters/threshold update only once the step is known good
         out.loss.backward()
         model.project_decoder_grad()
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        if not bool(torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm)):
+        if self.dist.any(not bool(torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm)), self.device):
             opt.zero_grad(set_to_none=True)
             self._skip_nonfinite(float(out.loss.detach()), float(grad_norm))
             return None
@@ -249,11 +264,36 @@ class Trainer:
         opt.step()
         opt.zero_grad(set_to_none=True)
         model.normalize_decoder()
-        model.update_stats(out.acts, x.shape[0])
+        world = self.dist.world_size
+        model.update_stats(out.acts, x.shape[0] * world, sync=self._sync_stats if world > 1 else None)
         sched.step()
         self.step += 1
-        self.tokens_seen += x.shape[0]
+        self.tokens_seen += x.shape[0] * world
         return out
+
+    def _module(self) -> torch.nn.Module:
+        """What the training forward calls: the model, wrapped in DistributedDataParallel across ranks."""
+        assert self.model is not None
+        if not self.dist.enabled:
+            return self.model
+        if self._ddp is None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # broadcast_buffers=False: the counters and threshold are kept identical by _sync_stats; DDP's
+            # per-forward broadcast of rank 0's buffers would only add traffic
+            self._ddp = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device] if self.device.type == "cuda" else None,
+                process_group=self.dist.group,
+                broadcast_buffers=False,
+            )
+        return self._ddp
+
+    def _sync_stats(self, fired: torch.Tensor, batch_min: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fired [F] bool -> fired on any rank; batch_min [] -> smallest over ranks (see update_stats)."""
+        f = self.dist.all_reduce(fired.to(torch.int32), "max")
+        m = self.dist.all_reduce(batch_min.float().reshape(1).clone(), "min")
+        return f.bool(), m[0]
 
     def _skip_nonfinite(self, loss: float, grad_norm: float) -> None:
         self.nonfinite_skipped += 1
@@ -292,76 +332,106 @@ class Trainer:
             "wandb_id": self.wandb_id,
             "nonfinite_skipped": self.nonfinite_skipped,
         }
-        self.last_checkpoint = save_checkpoint(
-            self.run_dir,
-            self.step,
-            self.model.state_dict(),
-            self.optimizer.state_dict(),
-            state,
-            keep_last=self.cfg.keep_last,
-        )
+        if self.dist.is_main:  # all ranks hold the same state; only rank 0 writes it
+            self.last_checkpoint = save_checkpoint(
+                self.run_dir,
+                self.step,
+                self.model.state_dict(),
+                self.optimizer.state_dict(),
+                state,
+                keep_last=self.cfg.keep_last,
+            )
+        # also a barrier: no rank runs ahead of a checkpoint that is still being written
+        self.last_checkpoint = self.dist.broadcast_object(self.last_checkpoint)
         return self.last_checkpoint
 
     # --------------------------------------------------------------------------------------------------
     # the loop
 
-    def run(self, max_steps: int | None = None) -> TrainResult:
-        """Train to cfg.total_steps (or `max_steps` more steps), checkpoint, save the transcoder, evaluate."""
-        t0 = time.perf_counter()
+    def begin(self, max_steps: int | None = None) -> None:
+        """Set up (fresh or resumed), open the run's logger (rank 0) and fix the step this session ends at:
+        cfg.total_steps, or `max_steps` more steps."""
+        self._t0 = time.perf_counter()
         if self.model is None:
             self.setup()
         cfg = self.cfg
-        model = self.model
-        assert model is not None and self.scheduler is not None
-        os.makedirs(self.run_dir, exist_ok=True)
-        cfg.save(os.path.join(self.run_dir, "config.yaml"))
-        logger = RunLogger(
-            self.run_dir,
-            cfg.to_dict(),
-            total_tokens=cfg.total_steps * cfg.batch_tokens,
-            initial_tokens=self.tokens_seen,
-            wandb_mode=cfg.wandb_mode,
-            wandb_project=cfg.wandb_project,
-            wandb_entity=cfg.wandb_entity,
-            run_name=os.path.basename(os.path.normpath(self.run_dir)),
-            wandb_id=self.wandb_id,
-            progress=cfg.progress,
-        )
-        self.wandb_id = logger.wandb_id
-        end = cfg.total_steps if max_steps is None else min(cfg.total_steps, self.step + max_steps)
-        last_metrics: dict[str, float] = {}
-        saved_at = self.step if self.last_checkpoint else -1
-        window_t, window_tok = time.perf_counter(), 0
-        stop = _GracefulStop()
-        try:
-            while self.step < end and not stop.requested:
-                x, y = self._next_batch()
-                lr = self.scheduler.current_lr()
-                out = self.train_step(x, y)
-                if out is None:  # skipped: non-finite loss or gradient (counted; see train_step)
-                    continue
-                window_tok += x.shape[0]
-                logger.advance(x.shape[0])
-                if self.step % cfg.log_every == 0 or self.step == end:
-                    now = time.perf_counter()
-                    tps = window_tok / max(now - window_t, 1e-9)
-                    last_metrics = step_metrics(out, model, lr, self.tokens_seen, tps)
-                    last_metrics["train/nonfinite_skipped"] = float(self.nonfinite_skipped)
-                    logger.log(last_metrics, self.step)
-                    window_t, window_tok = now, 0
-                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < end:
-                    self.save()
-                    saved_at = self.step
-            stop.restore()
-            if saved_at != self.step:
-                self.save()
-            transcoder_dir = model.save_pretrained(os.path.join(self.run_dir, "transcoder"))
+        assert self.model is not None and self.scheduler is not None
+        if self.dist.is_main:  # one writer of config.yaml, metrics.jsonl and the W&B run
+            os.makedirs(self.run_dir, exist_ok=True)
+            cfg.save(os.path.join(self.run_dir, "config.yaml"))
+            self._logger = RunLogger(
+                self.run_dir,
+                cfg.to_dict(),
+                total_tokens=cfg.total_steps * cfg.batch_tokens,
+                initial_tokens=self.tokens_seen,
+                wandb_mode=cfg.wandb_mode,
+                wandb_project=cfg.wandb_project,
+                wandb_entity=cfg.wandb_entity,
+                run_name=os.path.basename(os.path.normpath(self.run_dir)),
+                wandb_id=self.wandb_id,
+                progress=cfg.progress,
+            )
+            self.wandb_id = self._logger.wandb_id
+        self._end = cfg.total_steps if max_steps is None else min(cfg.total_steps, self.step + max_steps)
+        self.last_metrics: dict[str, float] = {}
+        self._saved_at = self.step if self.last_checkpoint else -1
+        self._window_t, self._window_tok = time.perf_counter(), 0
+
+    @property
+    def done(self) -> bool:
+        """Whether this session reached the step `begin` set."""
+        return self.step >= self._end
+
+    def step_once(self) -> None:
+        """Next batch, one train_step, then the metrics and the periodic checkpoint the config asks for."""
+        cfg = self.cfg
+        assert self.model is not None and self.scheduler is not None
+        x, y = self._next_batch()
+        lr = self.scheduler.current_lr()
+        out = self.train_step(x, y)
+        if out is None:  # skipped: non-finite loss or gradient (counted; see train_step)
+            return
+        n = x.shape[0] * self.dist.world_size  # global tokens of this step
+        self._window_tok += n
+        if self._logger is not None:
+            self._logger.advance(n)
+        if self.step % cfg.log_every == 0 or self.step == self._end:
+            now = time.perf_counter()
+            tps = self._window_tok / max(now - self._window_t, 1e-9)
+            reduce = (lambda t: self.dist.all_reduce(t, "mean")) if self.dist.enabled else None
+            self.last_metrics = step_metrics(out, self.model, lr, self.tokens_seen, tps, reduce=reduce)
+            self.last_metrics["train/nonfinite_skipped"] = float(self.nonfinite_skipped)
+            if self._logger is not None:
+                self._logger.log(self.last_metrics, self.step)
+            self._window_t, self._window_tok = now, 0
+        if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < self._end:
+            self.save()
+            self._saved_at = self.step
+
+    def should_stop(self, stop: _GracefulStop) -> bool:
+        """A Ctrl-C here; across ranks, a Ctrl-C on any rank (agreed at log steps, so all stop together)."""
+        if self.dist.enabled:
+            if self.step % self.cfg.log_every == 0:
+                self._interrupted = self.dist.any(stop.requested, self.device)
+        else:
+            self._interrupted = stop.requested
+        return self._interrupted
+
+    def finish(self) -> TrainResult:
+        """Final checkpoint (unless this step has one), the saved transcoder and the held-out evaluation
+        (rank 0 writes and evaluates; the others wait)."""
+        model, cfg = self.model, self.cfg
+        assert model is not None
+        if self._saved_at != self.step:
+            self.save()
+        transcoder_dir = os.path.join(self.run_dir, "transcoder")
+        ev = None
+        if self.dist.is_main:
+            model.save_pretrained(transcoder_dir)
             ev = evaluate(model, self.eval_data(), self.device) if self.eval_data is not None else None
-            if ev is not None:
-                logger.summary({f"eval/prefix_{i + 1}/fvu": v for i, v in enumerate(ev["fvu"])})
-        finally:
-            stop.restore()
-            logger.close()
+            if ev is not None and self._logger is not None:
+                self._logger.summary({f"eval/prefix_{i + 1}/fvu": v for i, v in enumerate(ev["fvu"])})
+        self.dist.barrier()
         assert self.last_checkpoint is not None
         return TrainResult(
             run_dir=self.run_dir,
@@ -369,12 +439,31 @@ class Trainer:
             transcoder_dir=transcoder_dir,
             step=self.step,
             tokens_seen=self.tokens_seen,
-            wall_time_s=time.perf_counter() - t0,
+            wall_time_s=time.perf_counter() - self._t0,
             group_ends=cfg.transcoder.group_ends,
-            last_metrics=last_metrics,
+            last_metrics=self.last_metrics,
             eval=ev,
-            interrupted=stop.requested,
+            interrupted=self._interrupted,
         )
+
+    def close(self) -> None:
+        """Close the logger (W&B run, metrics file, progress bar)."""
+        if self._logger is not None:
+            self._logger.close()
+            self._logger = None
+
+    def run(self, max_steps: int | None = None) -> TrainResult:
+        """Train to cfg.total_steps (or `max_steps` more steps), checkpoint, save the transcoder, evaluate."""
+        self.begin(max_steps)
+        stop = _GracefulStop()
+        try:
+            while not self.done and not self.should_stop(stop):
+                self.step_once()
+            stop.restore()
+            return self.finish()
+        finally:
+            stop.restore()
+            self.close()
 
 
 class _GracefulStop:
