@@ -100,6 +100,71 @@ def _train(args: argparse.Namespace) -> int:
 register_command("train", "train a Matryoshka transcoder (no flags: offline default)", _train_args, _train)
 
 
+def _train_multi_args(p: argparse.ArgumentParser) -> None:
+    _train_args(p)
+    p.add_argument("--layers", help="layers to train, comma-separated (e.g. 8,12,17); with --resume: the run's")
+    p.add_argument(
+        "--spread-layers",
+        action="store_true",
+        help="under torchrun: layer i trains on rank i %% world_size alone (default: all ranks train every "
+        "layer, data-parallel)",
+    )
+
+
+def _train_multi(args: argparse.Namespace) -> int:
+    from .config import ConfigError, TrainConfig, config_from_sources, merge_dicts, overrides_from_args
+
+    try:
+        overrides = overrides_from_args(args)
+        resume = overrides.pop("resume", None)
+        if resume:  # the run's own config (its first layer's) is the base; flags override it
+            from .config import read_config_file
+            from .training.checkpoint import load_checkpoint_config
+            from .training.multi import layer_dir, read_multi_layers
+
+            saved = read_multi_layers(resume)
+            base = load_checkpoint_config(layer_dir(resume, saved[0])).to_dict()
+            if args.config:
+                base = merge_dicts(base, read_config_file(args.config))
+            cfg = TrainConfig.from_dict(merge_dicts(base, overrides)).replace(resume=resume)
+            layers_arg = args.layers or saved
+        else:
+            cfg = config_from_sources(TrainConfig, args.config, overrides)
+            layers_arg = args.layers
+        if not layers_arg:
+            raise ConfigError("--layers is required (e.g. --layers 8,12,17)")
+        from .training.multi import parse_layers
+
+        layers = parse_layers(layers_arg)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"matryoshka-ext train-multi: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(f"# layers: {layers}")
+        print(cfg.to_yaml(), end="")
+        return 0
+    from .training.distributed import DistContext, destroy_distributed
+    from .training.multi import run_multi_training
+
+    try:
+        results = run_multi_training(cfg, layers, spread=args.spread_layers)
+        if args.spread_layers or DistContext.current().is_main:  # each layer reported once
+            for layer, result in results.items():
+                print(f"== layer {layer}")
+                print("\n".join(result.summary_lines()))
+    finally:
+        destroy_distributed()
+    return 0
+
+
+register_command(
+    "train-multi",
+    "train transcoders for several layers from one pass of the model (--layers 8,12,17)",
+    _train_multi_args,
+    _train_multi,
+)
+
+
 def _register_other_commands() -> None:
     # Both modules import argparse only at module level; their heavy imports happen inside the commands.
     from .eval.commands import COMMANDS as EVAL_COMMANDS

@@ -141,7 +141,8 @@ class DistContext:
 
 
 def init_distributed(device: str = "auto") -> tuple[DistContext, torch.device]:
-    """Join the process group torchrun describes (no-op for a single process); returns (context, device).
+    """Join the process group torchrun describes (no-op for a single process, or when the caller already
+    initialized torch.distributed); returns (context, device).
 
     Backend: NCCL when this rank trains on CUDA, gloo otherwise (CPU; also what the tests use). The device
     is cuda:LOCAL_RANK under CUDA ("auto"/"cuda"), or the configured one (an explicit "cuda:1" is kept,
@@ -149,7 +150,8 @@ def init_distributed(device: str = "auto") -> tuple[DistContext, torch.device]:
     """
     from .trainer import resolve_device
 
-    if not launched_distributed():
+    joined = dist.is_available() and dist.is_initialized()  # e.g. by the caller, with its own init method
+    if not (joined or launched_distributed()):
         return DistContext.single(), resolve_device(device)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device)
@@ -157,7 +159,7 @@ def init_distributed(device: str = "auto") -> tuple[DistContext, torch.device]:
         if dev.index is None:
             dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
         torch.cuda.set_device(dev)
-    if not dist.is_initialized():
+    if not joined:
         timeout = datetime.timedelta(seconds=float(os.environ.get(_TIMEOUT_ENV, "7200")))
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kw: dict[str, Any] = {"device_id": dev} if backend == "nccl" else {}

@@ -28,7 +28,13 @@ import torch
 from ..config import TrainConfig
 from .checkpoint import resolve_checkpoint
 from .distributed import DistContext, init_distributed
-from .sources import CachedActivations, SyntheticActivations, cache_is_complete, write_activation_cache
+from .sources import (
+    CachedActivations,
+    SyntheticActivations,
+    cache_is_complete,
+    write_activation_cache,
+    write_activation_caches,
+)
 from .trainer import Trainer, TrainResult
 
 _DTYPES = {
@@ -228,6 +234,26 @@ class _LazyLM:
         )
 
 
+    def multi_source(self, split: str, layers: list[int], shard: tuple[int, int] = (0, 1)) -> Any:
+        """`source` for several layers at once: one LM forward per batch yields {layer: (x, y)} for all of
+        them (the forward stops after the deepest one)."""
+        from ..data.activations import ActivationSource
+        from ..data.sites import sites_for
+        from ..data.text import text_dataset
+        from ..data.tokens import token_contexts
+
+        cfg = self.cfg
+        model = self.get()
+        texts = text_dataset(
+            cfg.dataset, split=split, streaming=cfg.streaming, text_field=cfg.text_field, subset=cfg.dataset_subset
+        )
+        contexts = token_contexts(texts, model, cfg.context_size, prepend_bos=cfg.prepend_bos, shard=shard)
+        sites = [sites_for(layer, cfg.input_hook, cfg.output_hook) for layer in layers]
+        return ActivationSource(
+            model, sites, contexts, batch_contexts=cfg.lm_batch_contexts, device=self.device
+        )
+
+
 def cache_key(cfg: TrainConfig, split: str, n_tokens: int) -> str:
     """Folder name of an activation cache: a readable prefix + a hash of all that determines its content."""
     ident = {
@@ -294,3 +320,48 @@ def ensure_cache_shared(
         ensure_cache(cfg, lm, split, n_tokens)
     ctx.barrier()
     return path
+
+
+def ensure_caches_shared(
+    cfg: TrainConfig,
+    lm: _LazyLM,
+    split: str,
+    n_tokens: int,
+    layers: list[int],
+    ctx: DistContext | None = None,
+) -> dict[int, str]:
+    """Activation caches of `layers` (each keyed exactly as a single-layer run's, so either reuses the other's),
+    the missing ones written from one pass of the LM; with several ranks, built as `ensure_cache_shared`."""
+    ctx = ctx or DistContext.single()
+    root = cache_root_dir(cfg)
+    paths = {layer: os.path.join(root, cache_key(cfg.replace(layer=layer), split, n_tokens)) for layer in layers}
+
+    def build() -> None:
+        missing = [layer for layer in layers if not cache_is_complete(paths[layer])]
+        if not missing:
+            return
+        source = lm.multi_source(split, missing)
+        metas = {
+            layer: {"model": cfg.model_name, "layer": layer, "split": split, "dataset": cfg.dataset}
+            for layer in missing
+        }
+        with torch.inference_mode():
+            write_activation_caches(
+                (batch.acts for batch in source),
+                n_tokens,
+                {layer: paths[layer] for layer in missing},
+                dtype=_DTYPES[cfg.cache_dtype],
+                metas=metas,
+                progress=cfg.progress,
+            )
+
+    if not ctx.enabled:
+        build()
+        return paths
+    if ctx.is_main:
+        build()
+    ctx.barrier()
+    if ctx.local_rank == 0:  # a node whose filesystem is not rank 0's builds its own copy
+        build()
+    ctx.barrier()
+    return paths

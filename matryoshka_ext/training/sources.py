@@ -120,9 +120,25 @@ def write_activation_cache(
     Written into a temp folder and renamed to `path` at the end, so an interrupted run leaves no partial
     cache. Returns `path`.
     """
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-cache-", dir=parent)
+    write_activation_caches(
+        ({0: chunk} for chunk in chunks), n_tokens, {0: path}, dtype, {0: meta or {}}, shard_tokens, progress
+    )
+    return path
+
+
+def write_activation_caches(
+    chunks: Iterable[dict[int, tuple[torch.Tensor, torch.Tensor]]],
+    n_tokens: int,
+    paths: dict[int, str],
+    dtype: torch.dtype = torch.bfloat16,
+    metas: dict[int, dict[str, Any]] | None = None,
+    shard_tokens: int = 65_536,
+    progress: bool = True,
+) -> dict[int, str]:
+    """`write_activation_cache` for several sites from one pass: chunks are {key: (x [n, d_in], y [n, d_out])}
+    (e.g. one LM forward's activations at several layers), and cache `paths[key]` gets the first `n_tokens`
+    rows of key's stream. All caches are committed (renamed into place) only once all are complete."""
+    writers = {key: _CacheWriter(path, dtype, (metas or {}).get(key), shard_tokens) for key, path in paths.items()}
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -131,59 +147,81 @@ def write_activation_cache(
             total=n_tokens, unit="tok", unit_scale=True, desc="caching activations", dynamic_ncols=True
         )
     try:
-        shards: list[dict[str, Any]] = []
-        xs: list[torch.Tensor] = []
-        ys: list[torch.Tensor] = []
-        pending = total = 0
-        d_in = d_out = None
-
-        def flush() -> None:
-            nonlocal xs, ys, pending
-            if not pending:
-                return
-            name = f"shard_{len(shards):05d}.safetensors"
-            save_tensors(os.path.join(tmp, name), {"x": torch.cat(xs), "y": torch.cat(ys)})
-            shards.append({"file": name, "tokens": pending})
-            xs, ys, pending = [], [], 0
-
-        for x, y in chunks:
-            take = min(x.shape[0], n_tokens - total)
-            x, y = x[:take].detach().to("cpu", dtype), y[:take].detach().to("cpu", dtype)
-            d_in, d_out = x.shape[1], y.shape[1]
-            xs.append(x)
-            ys.append(y)
-            pending += take
+        total = 0
+        for chunk in chunks:
+            take = min(next(iter(chunk.values()))[0].shape[0], n_tokens - total)
+            for key, w in writers.items():
+                w.add(*chunk[key], take)
             total += take
             if bar is not None:
                 bar.update(take)
-            if pending >= shard_tokens:
-                flush()
             if total >= n_tokens:
                 break
-        flush()
         if total < n_tokens:
             raise RuntimeError(f"activation source ran dry after {total} of {n_tokens} tokens")
-        manifest = {
-            "tokens": total,
-            "d_in": d_in,
-            "d_out": d_out,
-            "dtype": str(dtype).removeprefix("torch."),
-            "shards": shards,
-            "meta": meta or {},
-        }
-        save_json(os.path.join(tmp, MANIFEST), manifest)
-        fsync_dir(tmp)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.rename(tmp, path)
-        fsync_dir(parent)
+        for w in writers.values():
+            w.commit()
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for w in writers.values():
+            w.abort()
         raise
     finally:
         if bar is not None:
             bar.close()
-    return path
+    return dict(paths)
+
+
+class _CacheWriter:
+    """One cache folder being written: rows go to safetensors shards in a temp folder next to `path`."""
+
+    def __init__(self, path: str, dtype: torch.dtype, meta: dict[str, Any] | None, shard_tokens: int) -> None:
+        self.path, self.dtype, self.meta, self.shard_tokens = path, dtype, meta or {}, shard_tokens
+        self.parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(self.parent, exist_ok=True)
+        self.tmp = tempfile.mkdtemp(prefix=".tmp-cache-", dir=self.parent)
+        self.shards: list[dict[str, Any]] = []
+        self.xs: list[torch.Tensor] = []
+        self.ys: list[torch.Tensor] = []
+        self.pending = self.total = 0
+        self.d_in = self.d_out = None
+
+    def add(self, x: torch.Tensor, y: torch.Tensor, take: int) -> None:
+        x, y = x[:take].detach().to("cpu", self.dtype), y[:take].detach().to("cpu", self.dtype)
+        self.d_in, self.d_out = x.shape[1], y.shape[1]
+        self.xs.append(x)
+        self.ys.append(y)
+        self.pending += take
+        self.total += take
+        if self.pending >= self.shard_tokens:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        name = f"shard_{len(self.shards):05d}.safetensors"
+        save_tensors(os.path.join(self.tmp, name), {"x": torch.cat(self.xs), "y": torch.cat(self.ys)})
+        self.shards.append({"file": name, "tokens": self.pending})
+        self.xs, self.ys, self.pending = [], [], 0
+
+    def commit(self) -> None:
+        self._flush()
+        manifest = {
+            "tokens": self.total,
+            "d_in": self.d_in,
+            "d_out": self.d_out,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "shards": self.shards,
+            "meta": self.meta,
+        }
+        save_json(os.path.join(self.tmp, MANIFEST), manifest)
+        fsync_dir(self.tmp)
+        if os.path.exists(self.path):
+            shutil.rmtree(self.path)
+        os.rename(self.tmp, self.path)
+        fsync_dir(self.parent)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class CachedActivations:
