@@ -3,6 +3,8 @@
 Environment:
   MATRYOSHKA_EXT_CUDA=0|1   force the CUDA kernels off / on (=1 fails at once if they cannot be built)
   MATRYOSHKA_EXT_NATIVE=0   do not tune the CPU code for this machine (-march=native)
+  MATRYOSHKA_EXT_SANITIZE=1 build the C++ code with AddressSanitizer + UndefinedBehaviorSanitizer (-O1 -g; for
+                            scripts/sanitize.sh, which builds such a copy under build/asan and runs the op tests)
   TORCH_CUDA_ARCH_LIST      CUDA archs; defaults to the visible GPU, or "8.0;9.0" when none is visible
 """
 
@@ -68,6 +70,12 @@ def _extension():
     cxx = ["-O3", "-fopenmp"] if sys.platform != "darwin" else ["-O3"]
     if os.environ.get("MATRYOSHKA_EXT_NATIVE", "1") != "0" and shutil.which("gcc"):
         cxx.append("-march=native")
+    link = ["-fopenmp"]
+    if os.environ.get("MATRYOSHKA_EXT_SANITIZE", "0") == "1":
+        # vptr is off: it would check torch's (uninstrumented) classes across library boundaries.
+        san = ["-fsanitize=address,undefined", "-fno-sanitize=vptr", "-fno-sanitize-recover=all"]
+        cxx = [f for f in cxx if not f.startswith("-O")] + ["-O1", "-g", "-fno-omit-frame-pointer"] + san
+        link += san
     include_dirs = [os.path.join(HERE, "csrc")]
     if build_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
@@ -87,7 +95,7 @@ def _extension():
             include_dirs=include_dirs,
             define_macros=[("MX_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link,
         )
     else:
         ext = CppExtension(
@@ -95,7 +103,7 @@ def _extension():
             sources,
             include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link,
         )
     return ext, BuildExtension
 

@@ -88,10 +88,26 @@ inline void check_weight(const Tensor& W, const Tensor& values, const char* name
 }
 
 inline void check_bias(const Tensor& b, const Tensor& W, int64_t d, const char* name) {
+  TORCH_CHECK_TYPE(b.defined(), name, " must be a tensor, got None");
   check_dim(b, 1, name, "[d]");
   TORCH_CHECK_VALUE(b.size(0) == d, name, " must have ", d, " entries, got ", b.size(0));
   check_same_device(b, W, name, "weight");
   check_same_dtype(b, W, name, "weight");
+}
+
+// An output dtype argument (latent_grad's `dtype`): one of the float dtypes the kernels produce.
+inline void check_float_dtype(at::ScalarType d, const char* name) {
+  TORCH_CHECK_TYPE(d == at::kFloat || d == at::kHalf || d == at::kBFloat16 || d == at::kDouble, name,
+                   " must be float32, float16, bfloat16 or float64, got ", d);
+}
+
+// grad_loss [m] of nested_mse_backward: a float vector on W's device (a tensor on another device, meta
+// included, would otherwise be copied or read as if it held data).
+inline void check_grad_loss(const Tensor& grad_loss, const Tensor& W, int64_t m) {
+  check_float(grad_loss, "grad_loss");
+  TORCH_CHECK_VALUE(grad_loss.dim() == 1 && grad_loss.size(0) == m, "grad_loss must have shape [", m, "], got ",
+                    grad_loss.sizes());
+  check_same_device(grad_loss, W, "grad_loss", "W_dec");
 }
 
 // ---- kernels per backend (CPU always; CUDA when built with MX_WITH_CUDA) ---------------------------------

@@ -48,8 +48,7 @@ Tensor nested_mse_backward(const Tensor& grad_loss, const Tensor& values, const 
                            IntArrayRef group_ends) {
   check_mse_args(values, indices, row_offsets, W, bias, target, group_ends);
   const int64_t m = static_cast<int64_t>(group_ends.size());
-  TORCH_CHECK_VALUE(grad_loss.dim() == 1 && grad_loss.size(0) == m, "grad_loss must have shape [", m, "], got ",
-                    grad_loss.sizes());
+  check_grad_loss(grad_loss, W, m);
   check_int_sizes({row_offsets.numel(), W.size(0), values.numel()}, "nested_mse_backward");
   return cuda::nested_mse_backward(grad_loss, values, indices, row_offsets, W, bias, target, group_ends);
 }
@@ -65,6 +64,7 @@ std::tuple<Tensor, Tensor> latent_grad(const Tensor& S, const Tensor& values, co
                                        const Tensor& row_offsets, IntArrayRef group_ends, int64_t num_latents,
                                        at::ScalarType dtype) {
   check_latent_grad_args(S, values, indices, row_offsets, group_ends, num_latents);
+  check_float_dtype(dtype, "dtype");
   check_int_sizes({row_offsets.numel(), num_latents, values.numel()}, "latent_grad");
   return cuda::latent_grad(S, values, indices, row_offsets, group_ends, num_latents, dtype);
 }

@@ -48,6 +48,10 @@ void check_grouped_dot_args(const Tensor& S, const Tensor& indices, const Tensor
                     W.size(1), "], got ", S.sizes());
   TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong && row_offsets.scalar_type() == at::kLong,
                    "indices and row_offsets must be int64");
+  check_dim(indices, 1, "indices", "[nnz]");
+  check_dim(row_offsets, 1, "row_offsets", "[N+1]");
+  TORCH_CHECK_VALUE(row_offsets.numel() >= 2, "row_offsets must have N+1 >= 2 entries (empty batch), got ",
+                    row_offsets.numel());
   check_same_device(S, W, "S", "W");
   check_same_device(indices, W, "indices", "W");
   check_same_device(row_offsets, W, "row_offsets", "W");
@@ -80,7 +84,10 @@ static Csr encode(const Tensor& x, const Tensor& W_enc, const Tensor& b_enc, int
   check_same_device(x, b_enc, "x", "b_enc");
   check_same_dtype(x, W_enc, "x", "W_enc");
   check_same_dtype(x, b_enc, "x", "b_enc");
-  check_select(W_enc, k, "W_enc");  // validates k against F before the GEMM
+  // k against F before the GEMM. d_in == 0 is allowed: pre is then b_enc on every row, as in the reference.
+  const int64_t f = W_enc.size(1);
+  TORCH_CHECK_VALUE(f > 0, "W_enc: no latents (F == 0)");
+  TORCH_CHECK_VALUE(k > 0 && k <= f, "k must satisfy 0 < k <= F = ", f, ", got ", k);
   const Tensor pre = at::addmm(b_enc, x, W_enc);
   if (pre.is_cuda()) {
 #ifdef MX_WITH_CUDA

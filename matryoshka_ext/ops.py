@@ -166,14 +166,47 @@ torch.library.register_autograd(f"{_LIB}::nested_mse", _mse_backward, setup_cont
 # Public API.
 
 
+_INT64_MAX = 2**63 - 1
+
+
+def _int_arg(v: object, name: str) -> int:
+    """An integer argument (int, numpy or 0-d integer tensor; not bool or float) as a Python int."""
+    if isinstance(v, bool) or not hasattr(v, "__index__"):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+    if isinstance(v, int):
+        i = v  # the common case, kept free of __index__ calls so torch.compile traces it
+    else:
+        try:
+            i = v.__index__()
+        except (TypeError, RuntimeError) as exc:  # e.g. a float or multi-element tensor
+            raise TypeError(f"{name} must be an int, got {v!r}") from exc
+    if not -_INT64_MAX - 1 <= i <= _INT64_MAX:  # the schema's int is int64: say so instead of a binder error
+        raise ValueError(f"{name} = {i} is out of the int64 range")
+    return i
+
+
+def _k(k: object) -> int:
+    return _int_arg(k, "k")
+
+
+def _tensor(t: object, name: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
 def _ends(group_ends: Sequence[int] | torch.Tensor) -> list[int]:
     if isinstance(group_ends, torch.Tensor):
+        if group_ends.dim() != 1:
+            shape = tuple(group_ends.shape)
+            raise TypeError(f"group_ends must be a 1-D sequence of ints, got a tensor of shape {shape}")
         group_ends = group_ends.tolist()
-    if isinstance(group_ends, (str, bytes)) or not all(
-        isinstance(e, int) or (hasattr(e, "__index__") and not isinstance(e, bool)) for e in group_ends
-    ):
+    if isinstance(group_ends, (str, bytes)) or not hasattr(group_ends, "__iter__"):
+        raise TypeError(f"group_ends must be a sequence of ints, got {type(group_ends).__name__} {group_ends!r}")
+    group_ends = list(group_ends)
+    if not all(hasattr(e, "__index__") and not isinstance(e, bool) for e in group_ends):
         raise TypeError(f"group_ends must be a sequence of ints, got {group_ends!r}")
-    return [int(e) for e in group_ends]
+    return [_int_arg(e, "group_ends entry") for e in group_ends]
 
 
 def _same_device(**tensors: torch.Tensor | None) -> None:
@@ -185,9 +218,18 @@ def _same_device(**tensors: torch.Tensor | None) -> None:
             raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}: use one device")
 
 
-def _check_acts(acts: SparseActs) -> None:
+def _check_acts(acts: SparseActs, W_dec: torch.Tensor) -> None:
+    """acts is a SparseActs over as many latents as W_dec has rows (the kernels index W_dec with acts.indices)."""
     if not isinstance(acts, SparseActs):
         raise TypeError(f"acts must be a SparseActs, got {type(acts).__name__}")
+    for name in ("values", "indices", "row_offsets"):
+        _tensor(getattr(acts, name), f"acts.{name}")
+    _int_arg(acts.num_latents, "acts.num_latents")
+    _tensor(W_dec, "W_dec")
+    if W_dec.dim() == 2 and W_dec.shape[0] != acts.num_latents:
+        raise ValueError(
+            f"W_dec must have acts.num_latents = {acts.num_latents} rows [F, d_out], got shape {tuple(W_dec.shape)}"
+        )
 
 
 def topk(pre: torch.Tensor, k: int) -> SparseActs:
@@ -195,13 +237,13 @@ def topk(pre: torch.Tensor, k: int) -> SparseActs:
 
     pre [N, F] -> SparseActs with k entries per row (indices ascending; ties: lower index wins).
     """
-    values, indices, row_offsets = _ops.topk_select(pre, k)
+    values, indices, row_offsets = _ops.topk_select(_tensor(pre, "pre"), _k(k))
     return SparseActs(values, indices, row_offsets, pre.shape[1])
 
 
 def batch_topk(pre: torch.Tensor, k: int) -> SparseActs:
     """The k*N largest entries of relu(pre) [N, F] across the whole batch (ties: lower flat index wins)."""
-    values, indices, row_offsets = _ops.batch_topk_select(pre, k)
+    values, indices, row_offsets = _ops.batch_topk_select(_tensor(pre, "pre"), _k(k))
     return SparseActs(values, indices, row_offsets, pre.shape[1])
 
 
@@ -212,8 +254,10 @@ def encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int, mo
     """
     if mode not in ("row", "batch"):
         raise ValueError(f"mode must be 'row' or 'batch', got {mode!r}")
+    for name, t in (("x", x), ("W_enc", W_enc), ("b_enc", b_enc)):
+        _tensor(t, name)
     _same_device(x=x, W_enc=W_enc, b_enc=b_enc)
-    values, indices, row_offsets = _ops.encode(x, W_enc, b_enc, k, mode == "batch")
+    values, indices, row_offsets = _ops.encode(x, W_enc, b_enc, _k(k), mode == "batch")
     return SparseActs(values, indices, row_offsets, W_enc.shape[1])
 
 
@@ -224,7 +268,9 @@ def nested_decode(
 
     acts [N, F], W_dec [F, d_out], b_dec [d_out] -> [m, N, d_out]; r_i = acts[:, :e_i] @ W_dec[:e_i] + b_dec.
     """
-    _check_acts(acts)
+    _check_acts(acts, W_dec)
+    if b_dec is not None:
+        _tensor(b_dec, "b_dec")
     _same_device(**{"acts.values": acts.values, "W_dec": W_dec, "b_dec": b_dec})
     return _ops.nested_decode(acts.values, acts.indices, acts.row_offsets, W_dec, b_dec, _ends(group_ends))
 
@@ -240,6 +286,8 @@ def nested_mse(
 
     Returned in float32 (float64 for float64 inputs); differentiable in acts.values, W_dec, b_dec and target.
     """
-    _check_acts(acts)
+    _check_acts(acts, W_dec)
+    _tensor(b_dec, "b_dec")
+    _tensor(target, "target")
     _same_device(**{"acts.values": acts.values, "W_dec": W_dec, "b_dec": b_dec, "target": target})
     return _ops.nested_mse(acts.values, acts.indices, acts.row_offsets, W_dec, b_dec, target, _ends(group_ends))

@@ -1,8 +1,12 @@
-"""Plain-PyTorch reference of every op: readable, dense, slow. The oracle the C++ and CUDA kernels must match.
+"""Plain-PyTorch reference of every op: readable, slow. The oracle the C++ and CUDA kernels must match.
 
 Conventions shared with the kernels:
-- selection ranks relu(pre) (NaN counts as the largest value); ties go to the lower (flat) index;
+- selection ranks relu(pre): every NaN ranks highest and is kept as NaN, +Inf next; values <= 0 (-Inf included)
+  become 0; ties go to the lower (flat) index. Nothing raises on NaN/Inf and every index stays in [0, F);
 - selected indices ascend within each row;
+- decoding is sparse: an entry whose value is exactly 0 contributes nothing, so its decoder row is never read
+  (a NaN/Inf row of an unselected latent does not turn the output into 0 * Inf = NaN); everything else follows
+  IEEE arithmetic (NaN/Inf in selected values, decoder rows, biases or targets propagate; nothing raises);
 - arithmetic in float32 (float64 for float64 inputs); decoded outputs are cast back to W_dec's dtype, losses
   stay in the accumulation dtype.
 """
@@ -51,16 +55,33 @@ def encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int, mo
     return topk(pre, k) if mode == "row" else batch_topk(pre, k)
 
 
+def _prefix_decodes(acts: SparseActs, W: torch.Tensor, bias: torch.Tensor, group_ends: Sequence[int]) -> list:
+    """[N, d] reconstruction per prefix end, in W's dtype: bias + sum of value * W[index] over nonzero entries."""
+    acts.validate()
+    v = acts.values.to(W.dtype)
+    rows, idx = acts.row_ids(), acts.indices
+    zero = torch.zeros((), dtype=W.dtype, device=W.device)
+    # Sparse rule: a zero activation reads nothing, so a NaN/Inf row behind it counts as 0 (a dense matmul would
+    # give 0 * Inf = NaN). Finite rows are kept as they are, so d r / d value is W[index] for every entry.
+    W_rows = W[idx]
+    W_rows = torch.where((v != 0)[:, None] | W_rows.isfinite(), W_rows, zero)
+    contrib = v[:, None] * W_rows
+    outs = []
+    for e in group_ends:
+        keep = (idx < e)[:, None]
+        part = torch.where(keep, contrib, zero)
+        outs.append(bias.expand(acts.num_rows, -1).index_add(0, rows, part))
+    return outs
+
+
 def nested_decode(
     acts: SparseActs, W_dec: torch.Tensor, b_dec: torch.Tensor | None, group_ends: Sequence[int]
 ) -> torch.Tensor:
-    """One dense decode per prefix: [m, N, d_out], r_i = acts[:, :e_i] @ W_dec[:e_i] + b_dec."""
+    """One decode per prefix: [m, N, d_out], r_i = acts[:, :e_i] @ W_dec[:e_i] + b_dec (sparse rule above)."""
     acc = acc_dtype(W_dec.dtype)
-    dense = acts.to_dense().to(acc)
     W = W_dec.to(acc)
     bias = b_dec.to(acc) if b_dec is not None else torch.zeros(W.shape[1], dtype=acc, device=W.device)
-    outs = [dense[:, :e] @ W[:e] + bias for e in group_ends]
-    return torch.stack(outs).to(W_dec.dtype)
+    return torch.stack(_prefix_decodes(acts, W, bias, group_ends)).to(W_dec.dtype)
 
 
 def nested_mse(
@@ -72,6 +93,5 @@ def nested_mse(
 ) -> torch.Tensor:
     """[m] per-prefix mean((r_i - target)^2) over N and d_out, computed in the accumulation dtype."""
     acc = acc_dtype(W_dec.dtype)
-    dense = acts.to_dense().to(acc)
     W, b, y = W_dec.to(acc), b_dec.to(acc), target.to(acc)
-    return torch.stack([((dense[:, :e] @ W[:e] + b - y) ** 2).mean() for e in group_ends])
+    return torch.stack([((r - y) ** 2).mean() for r in _prefix_decodes(acts, W, b, group_ends)])

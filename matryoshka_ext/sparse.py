@@ -40,7 +40,8 @@ class SparseActs:
         return torch.repeat_interleave(torch.arange(self.num_rows, device=counts.device), counts)
 
     def to_dense(self) -> torch.Tensor:
-        """[N, F] dense activations (differentiable through `values`)."""
+        """[N, F] dense activations (differentiable through `values`); checks the CSR first (`validate`)."""
+        self.validate()
         dense = self.values.new_zeros(self.num_rows, self.num_latents)
         return dense.index_put((self.row_ids(), self.indices), self.values)
 
@@ -52,8 +53,13 @@ class SparseActs:
         return SparseActs(self.values.detach(), self.indices, self.row_offsets, self.num_latents)
 
     def validate(self) -> SparseActs:
-        """Check the CSR structure (costs a device sync on GPU); raises ValueError naming the field."""
+        """Check the CSR structure (one device sync on GPU); raises ValueError / TypeError naming the field."""
         v, i, r = self.values, self.indices, self.row_offsets
+        for name, t in (("values", v), ("indices", i), ("row_offsets", r)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"acts.{name} must be a torch.Tensor, got {type(t).__name__}")
+        if isinstance(self.num_latents, bool) or not hasattr(self.num_latents, "__index__"):
+            raise TypeError(f"acts.num_latents must be an int, got {type(self.num_latents).__name__}")
         if v.dim() != 1:
             raise ValueError(f"acts.values must be 1-D, got shape {tuple(v.shape)}")
         if i.dim() != 1 or i.numel() != v.numel():
@@ -66,9 +72,16 @@ class SparseActs:
             raise ValueError("acts.values, acts.indices and acts.row_offsets must be on one device")
         if self.num_latents <= 0:
             raise ValueError(f"acts.num_latents must be positive, got {self.num_latents}")
-        if int(r[0]) != 0 or int(r[-1]) != v.numel() or bool((r[1:] < r[:-1]).any()):
+        if v.device.type == "meta":  # shapes only: nothing to read
+            return self
+        # Content checks, gathered into one tensor so a GPU pays one sync.
+        idx = i if i.numel() else i.new_zeros(1)
+        bad_offsets = (r[0] != 0) | (r[-1] != v.numel()) | (r[1:] < r[:-1]).any()
+        bad_indices = (idx.min() < 0) | (idx.max() >= self.num_latents)
+        bad_offsets, bad_indices = torch.stack([bad_offsets, bad_indices]).tolist()
+        if bad_offsets:
             raise ValueError("acts.row_offsets must start at 0, be non-decreasing and end at nnz")
-        if i.numel() and (int(i.min()) < 0 or int(i.max()) >= self.num_latents):
+        if bad_indices:
             raise ValueError(f"acts.indices out of range [0, {self.num_latents})")
         return self
 

@@ -132,8 +132,7 @@ Tensor nested_mse_backward(const Tensor& grad_loss, const Tensor& values, const 
   check_mse_args(values, indices, row_offsets, W, bias, target, group_ends);
   Rows R = prepare(values, indices, row_offsets, W, group_ends);
   const int64_t m = R.ends.size(), n = R.n, d = R.d;
-  TORCH_CHECK_VALUE(grad_loss.dim() == 1 && grad_loss.size(0) == m, "grad_loss must have shape [", m, "], got ",
-                    grad_loss.sizes());
+  check_grad_loss(grad_loss, W, m);
   const auto acc_type = W.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const Tensor b = bias.contiguous(), yc = target.to(acc_type).contiguous();
   const Tensor gl = grad_loss.to(at::kCPU).to(acc_type).contiguous();

@@ -54,6 +54,7 @@ std::tuple<Tensor, Tensor> latent_grad(const Tensor& S_in, const Tensor& values_
                                        const Tensor& row_offsets_in, IntArrayRef group_ends, int64_t num_latents,
                                        at::ScalarType dtype) {
   check_latent_grad_args(S_in, values_in, indices_in, row_offsets_in, group_ends, num_latents);
+  check_float_dtype(dtype, "dtype");
   const Tensor values = values_in.contiguous(), indices = indices_in.contiguous();
   const Tensor row_offsets = row_offsets_in.contiguous();
   check_csr_content(indices, row_offsets, num_latents);
