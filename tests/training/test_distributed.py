@@ -180,6 +180,35 @@ def test_torchrun_two_ranks_checkpoint_then_one_rank_resume(tmp_path, capsys):
     _close_checkpoints(one.path, load_checkpoint(single).path)
     _close_checkpoints(ck.path, load_checkpoint(single).path)
 
+    # the other way round: the 1-rank run's step-10 checkpoint resumed by 2 ranks
+    shutil.copytree(single, os.path.join(out, "two"))
+    step10 = os.path.join(out, "two", "checkpoints", "step_000000010")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "matryoshka_ext.cli", "train", "--resume", step10, "--progress", "false"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    two = load_checkpoint(os.path.join(out, "two"))
+    assert two.state["step"] == 20
+    _close_checkpoints(two.path, load_checkpoint(single).path)
+
+
+def test_cached_stream_shards_are_slices_of_the_global_batch(tmp_path):
+    from matryoshka_ext.training.sources import CachedActivations, write_activation_cache
+
+    src = SyntheticActivations(batch_size=100, seed=3)
+    cache = write_activation_cache(src, 5 * B + 9, str(tmp_path / "c"), dtype=torch.float32, progress=False)
+    whole = CachedActivations(cache, B, seed=1)
+    parts = [CachedActivations(cache, B, seed=1, shard=(r, 2)) for r in range(2)]
+    for _ in range(7):  # across an epoch boundary
+        x, y = next(whole)
+        got = [next(p) for p in parts]
+        assert torch.equal(torch.cat([g[0] for g in got]), x) and torch.equal(torch.cat([g[1] for g in got]), y)
+    assert parts[0].state_dict() == parts[1].state_dict() == whole.state_dict()  # a global position
+    # that position resumes in any world size: a 1-rank stream continues where the 2-rank ones stopped
+    resumed = CachedActivations(cache, B, seed=1)
+    resumed.load_state_dict(parts[0].state_dict())
+    assert torch.equal(next(resumed)[0], next(whole)[0])
+
 
 def test_split_layers_and_buffer_regrid():
     assert split_layers([8, 12, 17], DistContext(rank=0, world_size=2)) == [8, 17]
