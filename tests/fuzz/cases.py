@@ -114,7 +114,15 @@ def _acts_call(method: str):
     return call
 
 
+def _segfault() -> None:
+    """Reads address 0: a real SIGSEGV, used only to test that the subprocess runner names the crashing case."""
+    import ctypes
+
+    ctypes.string_at(0)
+
+
 OPS = {
+    "debug.segfault": _segfault,
     "mx.topk": mx.topk,
     "mx.batch_topk": mx.batch_topk,
     "mx.encode": mx.encode,
