@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -67,7 +68,7 @@ class _Base:
 
     @classmethod
     def from_json(cls, text: str):
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(_parse_json(text, cls.__name__))
 
     def to_yaml(self) -> str:
         import yaml
@@ -76,9 +77,7 @@ class _Base:
 
     @classmethod
     def from_yaml(cls, text: str):
-        import yaml
-
-        return cls.from_dict(yaml.safe_load(text) or {})
+        return cls.from_dict(_parse_yaml(text, cls.__name__) or {})
 
     def save(self, path: str | os.PathLike) -> None:
         """Write as YAML (.yaml/.yml) or JSON (anything else)."""
@@ -135,6 +134,7 @@ class TranscoderConfig(_Base):
     )
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.group_sizes_cumulative:
             ends = _int_list(self.group_sizes, "group_sizes")
             if any(b <= a for a, b in zip([0] + ends[:-1], ends)):
@@ -146,6 +146,7 @@ class TranscoderConfig(_Base):
         self.validate()
 
     def validate(self) -> None:
+        _check_types(self)
         for name in ("d_in", "d_out"):
             v = getattr(self, name)
             if v is not None and (not _is_int(v) or v <= 0):
@@ -309,6 +310,7 @@ class TrainConfig(_Base):
         self.validate()
 
     def validate(self) -> None:
+        _check_types(self)
         positive = (
             "context_size",
             "lm_batch_contexts",
@@ -368,12 +370,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     path = os.fspath(path)
     with open(path) as fh:
         text = fh.read()
-    if path.endswith(".json"):
-        d = json.loads(text)
-    else:
-        import yaml
-
-        d = yaml.safe_load(text) or {}
+    d = _parse_json(text, path) if path.endswith(".json") else (_parse_yaml(text, path) or {})
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: expected a mapping of config fields, got {type(d).__name__}")
     return d
@@ -381,6 +378,70 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _parse_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where}: not valid JSON: {e}") from e
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {e}") from e
+
+
+_INT64 = 2**63
+
+
+def _type_problem(v: Any, tp: Any) -> str | None:
+    """Why `v` is not a value of the field type `tp` (int, float, bool, str, list[...], X | None), else None."""
+    inner, optional = _strip_optional(tp)
+    if v is None:
+        return None if optional else "must not be None"
+    if inner is bool:
+        return None if isinstance(v, bool) else "must be true or false"
+    if inner is int:
+        if not _is_int(v):
+            return "must be an integer"
+        return None if -_INT64 <= v < _INT64 else "is out of the 64-bit integer range"
+    if inner is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return "must be a number"
+        return None if math.isfinite(v) else "must be finite"
+    if inner is str:
+        return None if isinstance(v, str) else "must be a string"
+    if typing.get_origin(inner) is list:
+        if not isinstance(v, (list, tuple)):
+            return "must be a list"
+        (elem,) = typing.get_args(inner)
+        for x in v:
+            # list[int] also takes integral floats (YAML/JSON may write 256.0): the field validator converts them.
+            if elem is int and isinstance(x, float) and x.is_integer():
+                continue
+            why = _type_problem(x, elem)
+            if why:
+                return f"entries: each {why}"
+        return None
+    return None
+
+
+def _check_types(cfg: _Base) -> None:
+    """Raise ConfigError naming the first field whose value has the wrong type (nested configs are checked by
+    their own validate). Runs before the range checks, so those compare numbers with numbers."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        if _nested_class(hints[f.name]) is not None:
+            continue
+        v = getattr(cfg, f.name)
+        why = _type_problem(v, hints[f.name])
+        if why:
+            raise ConfigError(f"{f.name} {why} ({_type_name(hints[f.name])}), got {v!r}")
 
 
 def _int_list(v: Any, name: str) -> list[int]:
@@ -446,13 +507,11 @@ def parse_value(text: str, tp: Any, name: str = "value") -> Any:
             (elem,) = typing.get_args(inner)
             t = text.strip()
             if t.startswith("["):
-                import yaml
-
-                items = [str(x) for x in yaml.safe_load(t)]
+                items = [str(x) for x in _parse_yaml(t, name)]
             else:
                 items = [s for s in t.replace(" ", ",").split(",") if s]
             return [parse_value(s, elem, name) for s in items]
-    except (ValueError, TypeError, ZeroDivisionError) as e:
+    except (ValueError, TypeError, ZeroDivisionError, OverflowError) as e:
         raise ConfigError(f"{name}: cannot parse {text!r} as {_type_name(tp)}") from e
     raise ConfigError(f"{name}: unsupported field type {tp!r}")
 
