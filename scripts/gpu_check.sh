@@ -92,6 +92,19 @@ export PY
 run_stage build 330 bash -c build
 BUILD_OK=$?
 
+# ---- 2b. a bad input must raise, not crash (it crashed on the first H200 box: see scripts/diagnose_throw.sh) --
+if ((BUILD_OK == 0)); then
+  if ! run_stage "bad input raises" 60 "$PY" -c "import torch, matryoshka_ext as mx
+try:
+    mx.topk(torch.randn(4, 10), 0)
+except ValueError as e:
+    print('raises:', e)
+else:
+    raise SystemExit('mx.topk(k=0) did not raise')"; then
+    TAIL_LINES=40 run_stage "diagnose throw" 240 env PYTHON="$PY" bash scripts/diagnose_throw.sh
+  fi
+fi
+
 # ---- 3. CUDA tests -----------------------------------------------------------------------------------------
 if ((BUILD_OK == 0)); then
   TAIL_LINES=20 run_stage "cuda tests" 210 "$PY" -m pytest -q -rfE tests/cuda --maxfail=10 --tb=short -p no:cacheprovider \

@@ -60,9 +60,13 @@ def _default_name(path: Path) -> str:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return load_file(str(path), device="cpu")
+    try:
+        return load_file(str(path), device="cpu")
+    except SafetensorError as e:  # its messages do not name the file
+        raise FormatError(f"{path}: not a valid safetensors file ({e})") from None
 
 
 def _pick(d: dict[str, Any], *names: str, where: str) -> Any:
@@ -321,10 +325,13 @@ def _detect_dir(p: Path, original: Path) -> str:
 
 
 def _safetensors_has(path: Path, key: str) -> bool:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return key in f.keys()  # noqa: SIM118 - safe_open has keys(), not __contains__
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return key in f.keys()  # noqa: SIM118 - safe_open has keys(), not __contains__
+    except SafetensorError as e:
+        raise FormatError(f"{path}: not a valid safetensors file ({e})") from None
 
 
 # ---------------------------------------------------------------------------------------------- hub
