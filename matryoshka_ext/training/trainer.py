@@ -18,6 +18,7 @@ CPU).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import random
 import signal
@@ -279,13 +280,15 @@ class Trainer:
         if self._ddp is None:
             from torch.nn.parallel import DistributedDataParallel
 
-            # broadcast_buffers=False: the counters and threshold are kept identical by _sync_stats; DDP's
-            # per-forward broadcast of rank 0's buffers would only add traffic
+            # no per-forward buffer sync: the counters and threshold are kept identical by _sync_stats, and
+            # DDP's broadcast of rank 0's buffers would only add traffic (the flag's name changed in torch 2.14)
+            params = inspect.signature(DistributedDataParallel.__init__).parameters
+            no_sync = {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False}
             self._ddp = DistributedDataParallel(
                 self.model,
                 device_ids=[self.device] if self.device.type == "cuda" else None,
                 process_group=self.dist.group,
-                broadcast_buffers=False,
+                **no_sync,
             )
         return self._ddp
 
