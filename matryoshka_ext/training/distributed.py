@@ -10,7 +10,7 @@ What DDP does not synchronize, we do here:
 - the dead-latent counters (+N_global for every latent, reset where it fired on *any* rank: MAX of the
   per-rank fired masks) and the JumpReLU threshold (EMA of the MIN over ranks of the per-rank smallest
   selected activation), so every rank holds identical buffers, equal to one process on the whole batch.
-  DDP's own buffer broadcast is switched off (broadcast_buffers=False): it would send rank 0's buffers
+  DDP's own per-forward buffer broadcast is switched off (forward_sync_buffers): it would send rank 0's buffers
   every forward, which is redundant once they are identical, and wrong if they were not;
 - logged metrics (averaged over ranks), the stop request (Ctrl-C on any rank stops all), the step skip
   decision of the non-finite guard.
