@@ -141,13 +141,27 @@ OPS = {
 }
 
 
+def _config_op(name: str):
+    """The config / CLI loaders of tests/fuzz/config_cases.py (imported on first use)."""
+    try:
+        from . import config_cases  # as part of the tests package
+    except ImportError:
+        import config_cases  # as a plain sibling module, in child.py
+
+    return {"config.load": config_cases.load, "cli.train": config_cases.cli_train}[name]
+
+
 def run_spec(spec: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     """Build and call one spec; returns {"status": "raised"|"returned", "type", "msg", "problem"}."""
     gen = torch.Generator().manual_seed(seed)
-    args = [build(a, gen) for a in spec["args"]]
-    kwargs = {k: build(v, gen) for k, v in spec.get("kwargs", {}).items()}
+    if spec["op"] in OPS:
+        op = OPS[spec["op"]]
+        args = [build(a, gen) for a in spec["args"]]
+        kwargs = {k: build(v, gen) for k, v in spec.get("kwargs", {}).items()}
+    else:  # config / CLI cases: the arguments are plain data
+        op, args, kwargs = _config_op(spec["op"]), spec["args"], spec.get("kwargs", {})
     try:
-        out = OPS[spec["op"]](*args, **kwargs)
+        out = op(*args, **kwargs)
     except Exception as exc:  # judged by `judge`: which exception and what it says is the point of the test
         return {"status": "raised", "type": type(exc).__name__, "msg": str(exc).split("\nException raised")[0][:400],
                 "problem": None, "mro": [c.__name__ for c in type(exc).__mro__]}
@@ -166,6 +180,8 @@ def judge(spec: dict[str, Any], outcome: dict[str, Any]) -> str | None:
             return f"expected {want} matching {pattern!r}, got {outcome['type']}: {outcome['msg']}"
         if not re.search(pattern, outcome["msg"]):
             return f"{outcome['type']} does not name the problem ({pattern!r}): {outcome['msg']}"
+        if len(exp) > 3 and re.search(exp[3], outcome["msg"]):
+            return f"{outcome['type']} is about something else (matches {exp[3]!r}): {outcome['msg']}"
         return None
     if outcome["status"] != "returned":
         return f"valid input raised {outcome['type']}: {outcome['msg']}"
