@@ -44,6 +44,9 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT = "matryoshka-ext-transcoder"
 _FP32_BUFFERS = ("x_scale", "y_scale", "threshold")
+# AuxK runs on dense [N, n_dead] tensors when aux_k * AUX_DENSE_RATIO >= n_dead (benchmarks/RESULTS.md: at
+# 1/8 density and above, GEMMs beat the sparse gather kernels on both CPU and GPU); sparse ops otherwise.
+AUX_DENSE_RATIO = 8
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -270,10 +273,20 @@ class MatryoshkaTranscoder(nn.Module):
             n_dead = dead_idx.numel()
             if n_dead > 0:
                 pre_dead = torch.addmm(b_enc[dead_idx], xs, W_enc[:, dead_idx])
-                aux_acts = ops.topk(pre_dead, min(cfg.aux_k, n_dead))
+                kk = min(cfg.aux_k, n_dead)
+                aux_acts = ops.topk(pre_dead, kk)
                 residual = (yf - recon_s).to(dt)  # detached: AuxK only moves dead latents
-                zero_bias = torch.zeros(cfg.d_out, device=x.device, dtype=dt)
-                aux_mse = ops.nested_mse(aux_acts, W_dec[dead_idx], zero_bias, residual, [n_dead])[0]
+                if kk * AUX_DENSE_RATIO >= n_dead:
+                    # Same loss, dense layout: with aux_k a sizeable share of the dead columns (e.g. 320 of 819)
+                    # two GEMMs beat N * aux_k row gathers several times over, forward and backward.
+                    N = x.shape[0]
+                    dense = torch.zeros(N, n_dead, device=x.device, dtype=dt).scatter(
+                        1, aux_acts.indices.view(N, kk), aux_acts.values.view(N, kk)
+                    )
+                    aux_mse = ((dense @ W_dec[dead_idx]).to(acc) - residual.to(acc)).pow(2).mean()
+                else:
+                    zero_bias = torch.zeros(cfg.d_out, device=x.device, dtype=dt)
+                    aux_mse = ops.nested_mse(aux_acts, W_dec[dead_idx], zero_bias, residual, [n_dead])[0]
                 aux = cfg.aux_penalty * aux_mse.to(acc)
                 loss = loss + aux
 
