@@ -74,7 +74,7 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1:exitcod
 STDCXX=$(readlink -f "$(g++ -print-file-name=libstdc++.so.6)")
 PRELOAD="$ASAN_LIB $STDCXX"
 # Fewer fuzz examples than the normal run (instrumented code is several times slower); still every generator.
-export MX_FUZZ_SCALE=${MX_FUZZ_SCALE:-0.35}
+export MX_FUZZ_SCALE=${MX_FUZZ_SCALE:-0.5}
 # Skipped here: torch.compile (Inductor compiles C++ with the ASan runtime preloaded: slow, and not our kernels)
 # and gradcheck (float64 finite differences: minutes under ASan for code the parity tests already cover).
 TESTS=${MX_SANITIZE_TESTS:-tests/ops/test_select.py tests/ops/test_parity.py tests/ops/test_invalid.py \

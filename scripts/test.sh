@@ -7,5 +7,6 @@ bash scripts/setup.sh dev,gemma,integrations
 bash scripts/install_browser.sh
 bash scripts/integrations_env.sh all
 .venv/bin/ruff check matryoshka_ext tests benchmarks scripts
+bash scripts/sanitize.sh  # the CPU kernels under ASan + UBSan (a separate build under build/asan)
 export MX_REQUIRE_PEERS=1 WANDB_MODE=offline
 exec .venv/bin/python -m pytest -q "$@"
