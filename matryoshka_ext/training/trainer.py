@@ -80,6 +80,12 @@ class TrainResult:
         """Human-readable summary: per-prefix FVU, L0, dead fraction and the paths."""
         group_ends = self.group_ends
         src = "held-out" if self.eval else "last training batch"
+        if not self.eval and not self.last_metrics:  # stopped before the first logged step
+            lines = [f"trained {self.step} steps, {self.tokens_seen:,} tokens in {self.wall_time_s:.0f} s"]
+            if self.interrupted:
+                lines.append(f"interrupted: continue with  matryoshka-ext train --resume {self.run_dir}")
+            lines.append(f"checkpoint: {os.path.abspath(self.checkpoint)}")
+            return lines
         if self.eval:
             fvu, l0, dead = self.eval["fvu"], self.eval["l0"], self.eval["dead_fraction"]
         else:
@@ -412,10 +418,10 @@ class Trainer:
             self._saved_at = self.step
 
     def should_stop(self, stop: _GracefulStop) -> bool:
-        """A Ctrl-C here; across ranks, a Ctrl-C on any rank (agreed at log steps, so all stop together)."""
+        """A Ctrl-C here; across ranks, a Ctrl-C on any rank (agreed every step, one tiny all-reduce, so all
+        ranks stop together, checkpoint and exit well within torchrun's shutdown timeout, 30 s by default)."""
         if self.dist.enabled:
-            if self.step % self.cfg.log_every == 0:
-                self._interrupted = self.dist.any(stop.requested, self.device)
+            self._interrupted = self.dist.any(stop.requested, self.device)
         else:
             self._interrupted = stop.requested
         return self._interrupted
@@ -474,14 +480,21 @@ class _GracefulStop:
 
     def __init__(self) -> None:
         self.requested = False
+        self._first = 0.0
         self._old: Any = None
         if threading.current_thread() is threading.main_thread():
             self._old = signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
+        now = time.monotonic()
         if self.requested:
+            # under torchrun a terminal's Ctrl-C reaches each worker twice (directly, and forwarded by the
+            # launcher): a repeat within a second is that echo, not a second Ctrl-C
+            if now - self._first < 1.0:
+                return
             raise KeyboardInterrupt
         self.requested = True
+        self._first = now
         print("\ninterrupted: checkpointing after this step (Ctrl-C again to abort)", file=sys.stderr)
 
     def restore(self) -> None:
