@@ -293,6 +293,13 @@ class TrainConfig(_Base):
     log_every: int = _help("log metrics every N steps", default=10)
     ckpt_every: int = _help("checkpoint every N steps (and at the end); 0 = only at the end", default=200)
     keep_last: int = _help("keep the last K checkpoints", default=3)
+    samples_every: int = _help(
+        "every N steps, collect each latent's top activating held-out contexts into run_dir/samples/step_*"
+        " (LM runs; 0 = off)",
+        default=0,
+    )
+    samples_contexts: int = _help("held-out contexts scanned by samples_every", default=64)
+    samples_top_n: int = _help("contexts kept per latent by samples_every", default=16)
     out_dir: str = _help("run folder root; the run writes to out_dir/run_name", default="runs")
     run_name: str | None = _help("run name; None = derived from model, layer and size", default=None)
     wandb_project: str = _help("W&B project", default="matryoshka-ext")
@@ -320,12 +327,14 @@ class TrainConfig(_Base):
             "log_every",
             "keep_last",
             "max_nonfinite_in_a_row",
+            "samples_contexts",
+            "samples_top_n",
         )
         for name in positive:
             v = getattr(self, name)
             if not _is_int(v) or v <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("layer", "warmup_steps", "ckpt_every", "cache_tokens", "eval_tokens", "seed"):
+        for name in ("layer", "warmup_steps", "ckpt_every", "cache_tokens", "eval_tokens", "seed", "samples_every"):
             v = getattr(self, name)
             if not _is_int(v) or v < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")

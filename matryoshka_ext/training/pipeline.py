@@ -70,8 +70,11 @@ def run_training(cfg: TrainConfig, run_dir: str | None = None, max_steps: int | 
     ctx, device = init_distributed(cfg.device)
     run_dir = run_dir or ctx.broadcast_object(run_dir_for(cfg) if ctx.is_main else None)
     data, eval_fn = build_data(cfg, device, ctx)
+    callbacks = []
+    if cfg.samples_every and cfg.model_name != "synthetic" and ctx.is_main:
+        callbacks.append(build_samples_hook(cfg, device, os.path.join(run_dir, "samples")))
     try:
-        return Trainer(cfg, data, run_dir, device, eval_fn, dist=ctx).run(max_steps=max_steps)
+        return Trainer(cfg, data, run_dir, device, eval_fn, dist=ctx, callbacks=callbacks).run(max_steps=max_steps)
     finally:
         close = getattr(data, "close", None)
         if close is not None:  # stops the activation buffer's background thread
@@ -127,6 +130,32 @@ def build_data(
         background=device.type == "cuda",
     )
     return _BufferStream(buffer, cfg.checkpoint_buffer, ctx), eval_fn
+
+
+def build_samples_hook(cfg: TrainConfig, device: torch.device, out_dir: str) -> Any:
+    """An eval.SamplesHook for `samples_every`: the input-site activations of `samples_contexts` held-out
+    contexts (eval_split, else the training split) cached once; the LM is dropped again afterwards."""
+    from ..data.sites import sites_for
+    from ..data.text import text_dataset
+    from ..data.tokens import token_contexts
+    from ..eval.samples import SamplesHook
+
+    lm = _LazyLM(cfg, device)
+    model = lm.get()
+    texts = text_dataset(
+        cfg.dataset,
+        split=cfg.eval_split or cfg.dataset_split,
+        streaming=cfg.streaming,
+        text_field=cfg.text_field,
+        subset=cfg.dataset_subset,
+    )
+    contexts = token_contexts(texts, model, cfg.context_size, prepend_bos=cfg.prepend_bos)
+    sites = sites_for(cfg.layer, cfg.input_hook, cfg.output_hook)
+    hook = SamplesHook.from_model(
+        model, sites, contexts, cfg.samples_contexts, cfg.samples_every, top_n=cfg.samples_top_n, out_dir=out_dir
+    )
+    lm.release()
+    return hook
 
 
 def _local_batch(batch_tokens: int, ctx: DistContext) -> int:

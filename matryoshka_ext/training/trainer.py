@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -147,8 +147,12 @@ class Trainer:
         device: torch.device | str | None = None,
         eval_data: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None,
         dist: DistContext | None = None,
+        callbacks: Sequence[Callable[[int, MatryoshkaTranscoder], Any]] = (),
     ) -> None:
         self.cfg = cfg
+        # called as cb(step, model) after every completed step, on rank 0 only, under no_grad; they must leave
+        # the model's state alone (eval.SamplesHook, run by `samples_every`, does and is tested to)
+        self.callbacks = list(callbacks)
         # data parallel: the ranks training this transcoder together (default: torch.distributed's world)
         self.dist = dist if dist is not None else DistContext.current()
         self._ddp: torch.nn.Module | None = None
@@ -413,6 +417,10 @@ class Trainer:
             if self._logger is not None:
                 self._logger.log(self.last_metrics, self.step)
             self._window_t, self._window_tok = now, 0
+        if self.callbacks and self.dist.is_main:
+            with torch.no_grad():
+                for cb in self.callbacks:
+                    cb(self.step, self.model)
         if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < self._end:
             self.save()
             self._saved_at = self.step

@@ -38,6 +38,8 @@ def test_offline_default_few_steps(tmp_path, monkeypatch, capsys):
         "--wandb-mode", "offline",
         "--progress", "false",
         "--device", "cpu",
+        "--samples-every", "3",  # activation samples during training, on 4 held-out contexts
+        "--samples-contexts", "4",
     ]  # fmt: skip
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
@@ -47,6 +49,11 @@ def test_offline_default_few_steps(tmp_path, monkeypatch, capsys):
     assert ck.state["step"] == 6 and ck.state["tokens_seen"] == 6144
     assert ck.state["config"]["transcoder"]["d_in"] == 640 and ck.state["config"]["layer"] == 12
     assert any(d.startswith("offline-run-") for d in os.listdir(tmp_path / "wandb"))
+    from matryoshka_ext.eval.samples import SampleSet
+
+    assert sorted(os.listdir(run / "samples")) == ["step_000000003", "step_000000006"]
+    samples = SampleSet.load(str(run / "samples" / "step_000000006"))
+    assert samples.meta["step"] == 6 and samples.n_tokens > 0 and int((samples.fire_count > 0).sum()) > 0
     # the saved transcoder (scales folded in) runs on raw activations exactly like the trained one
     from matryoshka_ext.config import TranscoderConfig
     from matryoshka_ext.training.metrics import evaluate
