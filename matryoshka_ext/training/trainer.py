@@ -496,8 +496,8 @@ class _GracefulStop:
     def _handle(self, signum: int, frame: Any) -> None:
         now = time.monotonic()
         if self.requested:
-            # under torchrun a terminal's Ctrl-C reaches each worker twice (directly, and forwarded by the
-            # launcher): a repeat within a second is that echo, not a second Ctrl-C
+            # a launcher may deliver one Ctrl-C twice (the terminal's, and its own forwarded copy, when its
+            # workers share the terminal's process group): a repeat within a second is that echo
             if now - self._first < 1.0:
                 return
             raise KeyboardInterrupt

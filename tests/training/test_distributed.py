@@ -220,3 +220,34 @@ def test_split_layers_and_buffer_regrid():
     assert regrid_buffer_state([{"position": 7, "layers": [3]}], 1, 1, 2)["position"] == 3  # 7 -> global 7
     with pytest.raises(ValueError, match="divisible"):
         DistContext(rank=0, world_size=3).shard(64)
+
+
+def test_ctrl_c_under_torchrun_checkpoints_on_every_rank(tmp_path):
+    """A terminal's Ctrl-C reaches torchrun, which forwards SIGINT to its workers (each in its own session) at
+    slightly different steps: the ranks agree on one step, finish it, rank 0 checkpoints it, and none aborts."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    args = [a for a in SMALL]
+    args[args.index("--total-tokens") + 1] = str(64 * 10**6)  # far more than it gets to
+    args[args.index("--ckpt-every") + 1] = "0"  # so the only checkpoint is the interrupt's
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "matryoshka_ext.cli", "train", *args, "--out-dir", str(tmp_path), "--run-name", "r"]
+    p = subprocess.Popen(
+        cmd, env=env, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+    )
+    run = tmp_path / "r"
+    deadline = time.monotonic() + 120
+    while not (run / "config.yaml").exists() and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.1)
+    time.sleep(2)  # well into the training loop
+    assert p.poll() is None, p.communicate()[0][-3000:]
+    os.killpg(p.pid, signal.SIGINT)
+    text = p.communicate(timeout=120)[0]
+    assert "interrupted: continue with" in text, text[-3000:]
+    assert "KeyboardInterrupt" not in text, text[-3000:]
+    (step, path), = checkpoint_dirs(str(run))
+    ck = load_checkpoint(path)
+    assert ck.state["step"] == step > 0 and ck.state["tokens_seen"] == 64 * step
