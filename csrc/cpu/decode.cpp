@@ -30,6 +30,22 @@ inline void accumulate_groups(const T* v, const int64_t* ix, int64_t e0, int64_t
   }
 }
 
+// sum_j w[j] * s[j] with kLanes independent partial sums: a single running sum is a serial dependency chain
+// the compiler may not reorder (no -ffast-math), so it would neither vectorise nor pipeline; fixed lanes do
+// both and keep the summation order, hence the result, identical run to run.
+constexpr int64_t kLanes = 16;
+template <typename T, typename acc_t>
+inline acc_t lane_dot(const T* w, const acc_t* s, int64_t d) {
+  acc_t lane[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= d; j += kLanes)
+    for (int64_t t = 0; t < kLanes; ++t) lane[t] += static_cast<acc_t>(w[j + t]) * s[j + t];
+  acc_t dot = 0;
+  for (; j < d; ++j) dot += static_cast<acc_t>(w[j]) * s[j];
+  for (int64_t t = 0; t < kLanes; ++t) dot += lane[t];
+  return dot;
+}
+
 // Starts `run` at the bias (or zero) for the running sum over groups.
 template <typename T, typename acc_t>
 inline void init_running(const T* bias, int64_t d, acc_t* run) {
@@ -190,9 +206,7 @@ Tensor grouped_dot(const Tensor& S_in, const Tensor& indices_in, const Tensor& r
         for (int64_t e = ro[r]; e < ro[r + 1]; ++e) {
           const acc_t* s = Sp + (group_of(ix[e], ends) * n + r) * d;
           const scalar_t* w = Wp + ix[e] * d;
-          acc_t dot = 0;
-          for (int64_t j = 0; j < d; ++j) dot += static_cast<acc_t>(w[j]) * s[j];
-          o[e] = static_cast<scalar_t>(dot);
+          o[e] = static_cast<scalar_t>(lane_dot(w, s, d));
         }
       }
     });

@@ -99,3 +99,28 @@ def test_selection_backward_matches_reference(seed, op):
     g1 = torch.autograd.grad((getattr(mx, op)(pre, k).values * gout).sum(), pre)[0]
     g2 = torch.autograd.grad((getattr(ref, op)(pre, k).values * gout).sum(), pre)[0]
     torch.testing.assert_close(g1, g2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("layout", ["gaussian", "row_scales", "hot_columns", "with_nan", "few_positive"])
+def test_batch_topk_large_inputs_match_reference(seed, dtype, layout):
+    """Inputs large enough for the sampled-threshold path (a sample of the entries, one candidate pass), with
+    layouts that would bias a naive sample: rows and columns of very different scale, NaN, and fewer
+    positives than k*N (the radix path takes over)."""
+    N, F = randint(200, 400), randint(1500, 4000)
+    k = randint(1, 64)
+    pre = torch.randn(N, F, dtype=torch.float64)
+    if layout == "row_scales":
+        pre *= torch.rand(N, 1, dtype=torch.float64) ** 4 * 10
+    elif layout == "hot_columns":  # a few columns carry most of the top values
+        hot = torch.randperm(F)[: randint(1, 8)]
+        pre[:, hot] += 6
+    elif layout == "with_nan":
+        pre.view(-1)[torch.randperm(N * F)[: randint(1, 50)]] = float("nan")
+    elif layout == "few_positive":
+        pre = -pre.abs()
+        pre.view(-1)[torch.randperm(N * F)[: randint(1, N * k - 1)]] = 1.0
+    pre = pre.to(dtype)
+    ours, oracle = mx.batch_topk(pre, k), ref.batch_topk(pre, k)
+    assert torch.equal(ours.indices, oracle.indices) and torch.equal(ours.row_offsets, oracle.row_offsets)
+    torch.testing.assert_close(ours.values, oracle.values, equal_nan=True, rtol=0, atol=0)
