@@ -72,9 +72,10 @@ def _extension():
         cxx.append("-march=native")
     link = ["-fopenmp"]
     if os.environ.get("MATRYOSHKA_EXT_SANITIZE", "0") == "1":
-        # vptr is off: it would check torch's (uninstrumented) classes across library boundaries.
+        # vptr is off: it would check torch's (uninstrumented) classes across library boundaries. -fno-wrapv undoes
+        # Python's -fwrapv (in the default CFLAGS), which defines signed overflow and so hides it from UBSan.
         san = ["-fsanitize=address,undefined", "-fno-sanitize=vptr", "-fno-sanitize-recover=all"]
-        cxx = [f for f in cxx if not f.startswith("-O")] + ["-O1", "-g", "-fno-omit-frame-pointer"] + san
+        cxx = [f for f in cxx if not f.startswith("-O")] + ["-O1", "-g", "-fno-omit-frame-pointer", "-fno-wrapv"] + san
         link += san
     include_dirs = [os.path.join(HERE, "csrc")]
     if build_cuda:
