@@ -484,28 +484,31 @@ class Trainer:
 
 
 class _GracefulStop:
-    """First Ctrl-C: finish the current step, checkpoint and stop (resumable). Second: abort at once."""
+    """First Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption notice, e.g. SLURM before its SIGKILL): finish
+    the current step, checkpoint and stop (resumable). A second Ctrl-C: abort at once."""
 
     def __init__(self) -> None:
         self.requested = False
         self._first = 0.0
-        self._old: Any = None
+        self._old: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
         now = time.monotonic()
         if self.requested:
             # a launcher may deliver one Ctrl-C twice (the terminal's, and its own forwarded copy, when its
             # workers share the terminal's process group): a repeat within a second is that echo
-            if now - self._first < 1.0:
+            if now - self._first < 1.0 or signum == signal.SIGTERM:
                 return
             raise KeyboardInterrupt
         self.requested = True
         self._first = now
-        print("\ninterrupted: checkpointing after this step (Ctrl-C again to abort)", file=sys.stderr)
+        what = "SIGTERM" if signum == signal.SIGTERM else "interrupted"
+        print(f"\n{what}: checkpointing after this step (Ctrl-C again to abort)", file=sys.stderr)
 
     def restore(self) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}

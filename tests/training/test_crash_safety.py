@@ -86,3 +86,22 @@ def test_sigkill_at_an_arbitrary_moment(tmp_path, reference):
     assert EVERY * 2 <= newest < STEPS
     assert load_checkpoint(run).state["step"] == newest
     _resume_and_compare(run, reference)
+
+
+def test_sigterm_checkpoints_and_resumes(tmp_path, reference):
+    """SIGTERM (a scheduler's preemption notice) stops after the current step with a checkpoint at that step and
+    exit status 0; resuming from it ends where the uninterrupted run ends."""
+    out = str(tmp_path)
+    run = os.path.join(out, "r")
+    p = _train(out, wait=False)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and p.poll() is None and not checkpoint_dirs(run):
+        time.sleep(0.01)
+    assert p.poll() is None, "the run finished before it could be stopped: " + p.communicate()[0]
+    p.send_signal(signal.SIGTERM)
+    text, _ = p.communicate(timeout=120)
+    assert p.returncode == 0, text
+    assert "SIGTERM: checkpointing after this step" in text and "--resume" in text
+    ck = load_checkpoint(run)
+    assert EVERY <= ck.state["step"] < STEPS
+    _resume_and_compare(run, reference)
