@@ -18,6 +18,7 @@ the base instead of the defaults, and flags still override it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -151,7 +152,9 @@ def _train_multi(args: argparse.Namespace) -> int:
         if args.spread_layers or DistContext.current().is_main:  # each layer reported once
             for layer, result in results.items():
                 print(f"== layer {layer}")
-                print("\n".join(result.summary_lines()))
+                parent = os.path.dirname(os.path.normpath(result.run_dir))  # layer folders sit in the run folder
+                again = f"matryoshka-ext train-multi --layers {','.join(map(str, layers))} --resume {parent}"
+                print("\n".join(result.summary_lines(resume_command=again)))
     finally:
         destroy_distributed()
     return 0

@@ -76,14 +76,16 @@ class TrainResult:
     eval: dict[str, Any] | None = None
     interrupted: bool = False
 
-    def summary_lines(self) -> list[str]:
-        """Human-readable summary: per-prefix FVU, L0, dead fraction and the paths."""
+    def summary_lines(self, resume_command: str | None = None) -> list[str]:
+        """Human-readable summary: per-prefix FVU, L0, dead fraction and the paths. `resume_command` is the
+        command an interrupted run suggests (default: `matryoshka-ext train --resume <run_dir>`)."""
         group_ends = self.group_ends
         src = "held-out" if self.eval else "last training batch"
         if not self.eval and not self.last_metrics:  # stopped before the first logged step
             lines = [f"trained {self.step} steps, {self.tokens_seen:,} tokens in {self.wall_time_s:.0f} s"]
             if self.interrupted:
-                lines.append(f"interrupted: continue with  matryoshka-ext train --resume {self.run_dir}")
+                resume = resume_command or f"matryoshka-ext train --resume {self.run_dir}"
+            lines.append(f"interrupted: continue with  {resume}")
             lines.append(f"checkpoint: {os.path.abspath(self.checkpoint)}")
             return lines
         if self.eval:
@@ -94,7 +96,8 @@ class TrainResult:
             l0, dead = m["l0_norm"], m["sparsity/dead_features_fraction"]
         lines = [f"trained {self.step} steps, {self.tokens_seen:,} tokens in {self.wall_time_s:.0f} s"]
         if self.interrupted:
-            lines.append(f"interrupted: continue with  matryoshka-ext train --resume {self.run_dir}")
+            resume = resume_command or f"matryoshka-ext train --resume {self.run_dir}"
+            lines.append(f"interrupted: continue with  {resume}")
         lines.append(f"per-prefix FVU ({src}):")
         for i, (e, v) in enumerate(zip(group_ends, fvu)):
             lines.append(f"  prefix {i + 1} (latents [0, {e})): FVU {v:.4f}")
