@@ -63,9 +63,8 @@ fi
 ldd "$SRC"/matryoshka_ext/_C*.so | grep -q libasan || { echo "sanitize: $SRC/_C is not instrumented" >&2; exit 1; }
 
 # ---- the run -----------------------------------------------------------------------------------------------------
-# detect_leaks=0: CPython and torch keep allocations alive until exit by design. Reports go to files (pytest captures
-# the stderr of a test, and a report aborts the process, so a report on stderr could vanish with it); children
-# spawned by the fuzz tests inherit the settings and write their own files.
+# detect_leaks=0: CPython and torch keep allocations alive until exit by design. ASan reports go to files as well
+# (children spawned by the fuzz tests inherit the settings and write their own); any report fails the script.
 rm -f "$WORK"/asan.* "$WORK"/ubsan.*
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:halt_on_error=1:exitcode=86:detect_odr_violation=0:protect_shadow_gap=0:log_path=$WORK/asan}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1:exitcode=87:log_path=$WORK/ubsan}
@@ -86,7 +85,9 @@ LD_PRELOAD=$PRELOAD "$VPY" -c "import matryoshka_ext, sys; sys.exit(not matryosh
   || { echo "sanitize: matryoshka_ext does not resolve to the instrumented copy" >&2; exit 1; }
 set +e
 # shellcheck disable=SC2086
-LD_PRELOAD=$PRELOAD "$VPY" -m pytest -q -p no:cacheprovider $TESTS "$@" 2>&1 | tee "$log"
+# --capture=sys: pytest captures Python's sys.stdout/err only, so a sanitizer report written by C code to fd 2 (UBSan
+# writes there whatever log_path says) reaches the log even when it aborts the process mid-test.
+LD_PRELOAD=$PRELOAD "$VPY" -m pytest -q -p no:cacheprovider --capture=sys $TESTS "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 reports=$(ls "$WORK"/asan.* "$WORK"/ubsan.* 2>/dev/null || true)
