@@ -582,6 +582,8 @@ def overrides_from_args(args: Any, cls: type[_Base] | None = None) -> dict[str, 
         if not key.startswith("cfg:"):
             continue
         path = key[4:]
+        if not isinstance(raw, str):  # argparse hands `--flag=--` over as [] (it drops the "--")
+            raise ConfigError(f"{path}: cannot parse {raw!r} as {_type_name(types_by_path[path])}")
         value = parse_value(raw, types_by_path[path], path)
         node = nested
         parts = path.split(".")

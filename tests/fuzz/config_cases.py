@@ -133,13 +133,16 @@ def _format_flag_value(value: Any) -> str:
 def gen_cli_invalid(rng: random.Random) -> dict:
     """`matryoshka-ext train --print-config` with one bad flag: unknown, missing its value, unparsable, or out of
     range. Exits non-zero with the flag or field named, never a traceback."""
-    kind = rng.choice(["unknown", "novalue", "parse", "parse", "range", "range"])
+    kind = rng.choice(["unknown", "novalue", "dashdash", "parse", "parse", "range", "range"])
     if kind == "unknown":
         flag = "--" + rng.choice(["learning-rate", "transcoder.K", "dictsize", "zz" + str(rng.randint(0, 99))])
         return {"op": "cli.train", "args": [["train", "--print-config", flag, "1"]],
                 "expect": ["raises", "CLIExit", re.escape(flag)], "why": "cli/unknown"}
     path, tp = rng.choice([(p, t) for p, t in FIELDS if p != "resume"])
     flag = "--" + (path if rng.random() < 0.5 else path.replace("_", "-"))
+    if kind == "dashdash":  # argparse turns `--flag=--` into an empty list, not a string (was an AttributeError)
+        return {"op": "cli.train", "args": [["train", "--print-config", flag + "=--"]],
+                "expect": ["raises", "CLIExit", _field_regex(path)], "why": f"cli/dashdash/{path}"}
     if kind == "novalue":
         return {"op": "cli.train", "args": [["train", "--print-config", flag]],
                 "expect": ["raises", "CLIExit", r"expected one argument"], "why": "cli/novalue"}
