@@ -19,28 +19,15 @@ from matryoshka_ext.training.multi import layer_dir, read_multi_layers, run_mult
 from matryoshka_ext.training.sources import SyntheticActivations
 from matryoshka_ext.training.trainer import Trainer
 
+from ._configs import synthetic_config
+
 B = 64
 
 
 def _cfg(tmp_path, **kw) -> TrainConfig:
     tc = TranscoderConfig(dict_size=64, group_sizes=[16, 16, 32], k=4, aux_k=8, dead_tokens=256)
-    base = dict(
-        model_name="synthetic",
-        batch_tokens=B,
-        total_tokens=B * 12,
-        lr=3e-3,
-        warmup_steps=2,
-        log_every=4,
-        ckpt_every=6,
-        eval_tokens=128,
-        wandb_mode="disabled",
-        progress=False,
-        device="cpu",
-        out_dir=os.path.join(str(tmp_path), "runs"),
-        transcoder=tc,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    kw = {"eval_tokens": 128, "out_dir": os.path.join(str(tmp_path), "runs"), **kw}
+    return synthetic_config(tc, batch=B, **kw)
 
 
 def _same_models(a: str, b: str) -> None:

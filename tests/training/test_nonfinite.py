@@ -8,32 +8,18 @@ import os
 import pytest
 import torch
 
-from matryoshka_ext.config import TrainConfig, TranscoderConfig
+from matryoshka_ext.config import TrainConfig
 from matryoshka_ext.training.checkpoint import checkpoint_dirs, load_checkpoint
 from matryoshka_ext.training.sources import SyntheticActivations
 from matryoshka_ext.training.trainer import NonFiniteTrainingError, Trainer
+
+from ._configs import synthetic_config
 
 B = 64
 
 
 def _cfg(**kw) -> TrainConfig:
-    tc = TranscoderConfig(dict_size=256, group_sizes=[32, 32, 64, 128], k=2, aux_k=16, dead_tokens=2 * B)
-    base = dict(
-        model_name="synthetic",
-        batch_tokens=B,
-        total_tokens=B * 12,
-        lr=3e-3,
-        warmup_steps=2,
-        log_every=4,
-        ckpt_every=4,
-        keep_last=5,
-        wandb_mode="disabled",
-        progress=False,
-        device="cpu",
-        transcoder=tc,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return synthetic_config(batch=B, keep_last=5, ckpt_every=4, **kw)
 
 
 class Poisoned:

@@ -6,34 +6,19 @@ import os
 
 import torch
 
-from matryoshka_ext.config import TrainConfig, TranscoderConfig
+from matryoshka_ext.config import TrainConfig
 from matryoshka_ext.training.checkpoint import load_checkpoint
 from matryoshka_ext.training.sources import CachedActivations, SyntheticActivations, write_activation_cache
 from matryoshka_ext.training.trainer import Trainer
+
+from ._configs import synthetic_config
 
 B = 64
 
 
 def _cfg(**kw) -> TrainConfig:
-    # 256 latents, 2 per token: plenty go dead within 2 batches, so the AuxK path runs too
-    tc = TranscoderConfig(dict_size=256, group_sizes=[32, 32, 64, 128], k=2, aux_k=16, dead_tokens=2 * B)
-    base = dict(
-        model_name="synthetic",
-        batch_tokens=B,
-        total_tokens=B * 24,
-        lr=3e-3,
-        min_lr=3e-4,
-        warmup_steps=4,
-        log_every=5,
-        ckpt_every=6,
-        keep_last=2,
-        wandb_mode="disabled",
-        progress=False,
-        device="cpu",
-        transcoder=tc,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    kw = {"steps": 24, "min_lr": 3e-4, "warmup_steps": 4, "log_every": 5, "keep_last": 2, **kw}
+    return synthetic_config(batch=B, **kw)
 
 
 def _assert_same_run(a: str, b: str) -> None:

@@ -14,24 +14,15 @@ from matryoshka_ext.training.checkpoint import load_checkpoint
 from matryoshka_ext.training.sources import SyntheticActivations
 from matryoshka_ext.training.trainer import Trainer
 
+from ._configs import synthetic_config
+
 B = 64
 
 
 def _cfg(d: int) -> TrainConfig:
-    tc = TranscoderConfig(dict_size=128, group_sizes=[16, 16, 32, 64], k=4, aux_k=16, dead_tokens=2 * B)
-    return TrainConfig(
-        model_name="synthetic",
-        batch_tokens=B,
-        total_tokens=B * 9,
-        warmup_steps=2,
-        log_every=3,
-        ckpt_every=0,
-        wandb_mode="disabled",
-        progress=False,
-        device="cpu",
-        samples_every=3,
-        transcoder=tc.replace(d_in=d, d_out=d),
-    )
+    groups = [16, 16, 32, 64]
+    tc = TranscoderConfig(d_in=d, d_out=d, dict_size=128, group_sizes=groups, k=4, aux_k=16, dead_tokens=2 * B)
+    return synthetic_config(tc, batch=B, steps=9, log_every=3, ckpt_every=0, samples_every=3)
 
 
 def test_samples_hook_during_training_leaves_training_alone(tmp_path):
