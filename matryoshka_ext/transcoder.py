@@ -280,10 +280,11 @@ class MatryoshkaTranscoder(nn.Module):
                     # Same loss, dense layout: with aux_k a sizeable share of the dead columns (e.g. 320 of 819)
                     # two GEMMs beat N * aux_k row gathers several times over, forward and backward.
                     N = x.shape[0]
-                    dense = torch.zeros(N, n_dead, device=x.device, dtype=dt).scatter(
-                        1, aux_acts.indices.view(N, kk), aux_acts.values.view(N, kk)
+                    vals = aux_acts.values
+                    dense = torch.zeros(N, n_dead, device=x.device, dtype=vals.dtype).scatter(
+                        1, aux_acts.indices.view(N, kk), vals.view(N, kk)
                     )
-                    aux_mse = ((dense @ W_dec[dead_idx]).to(acc) - residual.to(acc)).pow(2).mean()
+                    aux_mse = ((dense @ W_dec[dead_idx].to(vals.dtype)).to(acc) - residual.to(acc)).pow(2).mean()
                 else:
                     zero_bias = torch.zeros(cfg.d_out, device=x.device, dtype=dt)
                     aux_mse = ops.nested_mse(aux_acts, W_dec[dead_idx], zero_bias, residual, [n_dead])[0]
