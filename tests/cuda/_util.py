@@ -9,6 +9,9 @@ import torch
 
 import matryoshka_ext as mx
 
+# the same tolerances and random shapes as the CPU op tests (re-exported for the CUDA test modules)
+from ..ops.problems import TOL, randint, random_groups  # noqa: F401
+
 # "cuda" on the GPU machine. "cpu" with MX_CUDA_TEST_EMU=1 (see conftest.py) dry-runs these tests without a
 # GPU: the public ops' CPU kernels are then replaced by the CUDA kernels running on the CPU emulator.
 DEVICE = os.environ.get("MX_CUDA_TEST_DEVICE", "cuda")
@@ -23,25 +26,6 @@ def sync() -> None:
 
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
-
-# atol / rtol per storage dtype for kernel-vs-kernel and kernel-vs-reference comparisons.
-TOL = {
-    torch.float64: (1e-10, 1e-10),
-    torch.float32: (2e-5, 2e-5),
-    torch.bfloat16: (3e-2, 2e-2),
-    torch.float16: (5e-3, 5e-3),
-}
-
-
-def randint(lo: int, hi: int) -> int:
-    """Uniform integer in [lo, hi] from torch's global generator (seeded by the `seed` fixture)."""
-    return int(torch.randint(lo, hi + 1, ()).item())
-
-
-def random_groups(F: int, m: int | None = None) -> list[int]:
-    m = min(F, m if m is not None else randint(1, min(F, 6)))
-    cuts = torch.randperm(F - 1)[: m - 1] + 1 if m > 1 else torch.tensor([], dtype=torch.long)
-    return sorted(int(c) for c in cuts) + [F]
 
 
 def make_pre(kind: str, N: int, F: int, dtype: torch.dtype) -> torch.Tensor:
