@@ -32,7 +32,7 @@ import torch
 from ..config import TrainConfig
 from .checkpoint import checkpoint_dirs
 from .distributed import DistContext, init_distributed, split_layers
-from .pipeline import EvalFn, _BufferStream, _LazyLM, _local_batch, ensure_caches_shared
+from .pipeline import EvalFn, _BufferStream, _LazyLM, _local_batch, build_samples_hook, ensure_caches_shared
 from .sources import CachedActivations, SyntheticActivations
 from .trainer import Trainer, TrainResult, _GracefulStop
 
@@ -252,6 +252,13 @@ def run_multi_training(
     streams, evals, close = build_multi_data(cfg, mine, device, train_ctx, ctx, cache_layers=layers)
     if not mine:  # more ranks than layers: this rank only took part in building the caches
         return {}
+    callbacks: dict[int, list] = {layer: [] for layer in mine}
+    if cfg.samples_every and cfg.model_name != "synthetic" and train_ctx.is_main:
+        lm = _LazyLM(cfg, device)  # one LM load for every layer's held-out samples
+        for layer in mine:
+            out = os.path.join(layer_dir(run_dir, layer), "samples")
+            callbacks[layer].append(build_samples_hook(cfg.replace(layer=layer), device, out, lm=lm))
+        lm.release()
     trainers = [
         Trainer(
             cfg.replace(layer=layer, resume=resume.get(layer)),
@@ -260,6 +267,7 @@ def run_multi_training(
             device,
             evals[layer],
             dist=train_ctx,
+            callbacks=callbacks[layer],
         )
         for layer in mine
     ]

@@ -132,29 +132,22 @@ def build_data(
     return _BufferStream(buffer, cfg.checkpoint_buffer, ctx), eval_fn
 
 
-def build_samples_hook(cfg: TrainConfig, device: torch.device, out_dir: str) -> Any:
-    """An eval.SamplesHook for `samples_every`: the input-site activations of `samples_contexts` held-out
-    contexts (eval_split, else the training split) cached once; the LM is dropped again afterwards."""
+def build_samples_hook(cfg: TrainConfig, device: torch.device, out_dir: str, lm: _LazyLM | None = None) -> Any:
+    """An eval.SamplesHook for `samples_every` at `cfg.layer`: the input-site activations of `samples_contexts`
+    held-out contexts (eval_split, else the training split) cached once. `lm`: a loaded LM to share (several
+    layers); without it one is loaded and dropped again."""
     from ..data.sites import sites_for
-    from ..data.text import text_dataset
-    from ..data.tokens import token_contexts
     from ..eval.samples import SamplesHook
 
-    lm = _LazyLM(cfg, device)
-    model = lm.get()
-    texts = text_dataset(
-        cfg.dataset,
-        split=cfg.eval_split or cfg.dataset_split,
-        streaming=cfg.streaming,
-        text_field=cfg.text_field,
-        subset=cfg.dataset_subset,
-    )
-    contexts = token_contexts(texts, model, cfg.context_size, prepend_bos=cfg.prepend_bos)
+    own = lm is None
+    lm = lm or _LazyLM(cfg, device)
     sites = sites_for(cfg.layer, cfg.input_hook, cfg.output_hook)
+    contexts = lm.contexts(cfg.eval_split or cfg.dataset_split)
     hook = SamplesHook.from_model(
-        model, sites, contexts, cfg.samples_contexts, cfg.samples_every, top_n=cfg.samples_top_n, out_dir=out_dir
+        lm.get(), sites, contexts, cfg.samples_contexts, cfg.samples_every, top_n=cfg.samples_top_n, out_dir=out_dir
     )
-    lm.release()
+    if own:
+        lm.release()
     return hook
 
 
@@ -239,48 +232,39 @@ class _LazyLM:
         self.model = None
         gc.collect()
 
+    def contexts(self, split: str, shard: tuple[int, int] = (0, 1)) -> Any:
+        """Token contexts [context_size] of `split` (documents with BOS, concatenated and cut), this rank's
+        share under `shard=(rank, world)`."""
+        from ..data.text import text_dataset
+        from ..data.tokens import token_contexts
+
+        cfg = self.cfg
+        texts = text_dataset(
+            cfg.dataset, split=split, streaming=cfg.streaming, text_field=cfg.text_field, subset=cfg.dataset_subset
+        )
+        return token_contexts(texts, self.get(), cfg.context_size, prepend_bos=cfg.prepend_bos, shard=shard)
+
     def source(self, split: str, shard: tuple[int, int] = (0, 1)) -> Any:
         """The data package's ActivationSource over `split` (yields ActivationBatch with .x, .y; BOS dropped);
         `shard=(rank, world)` keeps this rank's contexts only."""
         from ..data.activations import ActivationSource
         from ..data.sites import sites_for
-        from ..data.text import text_dataset
-        from ..data.tokens import token_contexts
 
         cfg = self.cfg
-        model = self.get()
-        texts = text_dataset(
-            cfg.dataset,
-            split=split,
-            streaming=cfg.streaming,
-            text_field=cfg.text_field,
-            subset=cfg.dataset_subset,
-        )
-        contexts = token_contexts(texts, model, cfg.context_size, prepend_bos=cfg.prepend_bos, shard=shard)
         sites = sites_for(cfg.layer, cfg.input_hook, cfg.output_hook)
-        return ActivationSource(
-            model, sites, contexts, batch_contexts=cfg.lm_batch_contexts, device=self.device
-        )
-
+        contexts = self.contexts(split, shard)
+        return ActivationSource(self.get(), sites, contexts, batch_contexts=cfg.lm_batch_contexts, device=self.device)
 
     def multi_source(self, split: str, layers: list[int], shard: tuple[int, int] = (0, 1)) -> Any:
         """`source` for several layers at once: one LM forward per batch yields {layer: (x, y)} for all of
         them (the forward stops after the deepest one)."""
         from ..data.activations import ActivationSource
         from ..data.sites import sites_for
-        from ..data.text import text_dataset
-        from ..data.tokens import token_contexts
 
         cfg = self.cfg
-        model = self.get()
-        texts = text_dataset(
-            cfg.dataset, split=split, streaming=cfg.streaming, text_field=cfg.text_field, subset=cfg.dataset_subset
-        )
-        contexts = token_contexts(texts, model, cfg.context_size, prepend_bos=cfg.prepend_bos, shard=shard)
         sites = [sites_for(layer, cfg.input_hook, cfg.output_hook) for layer in layers]
-        return ActivationSource(
-            model, sites, contexts, batch_contexts=cfg.lm_batch_contexts, device=self.device
-        )
+        contexts = self.contexts(split, shard)
+        return ActivationSource(self.get(), sites, contexts, batch_contexts=cfg.lm_batch_contexts, device=self.device)
 
 
 def cache_key(cfg: TrainConfig, split: str, n_tokens: int) -> str:

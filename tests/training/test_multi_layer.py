@@ -101,6 +101,9 @@ def tiny_lm(monkeypatch):
 
     monkeypatch.setattr(pipeline._LazyLM, "source", single)
     monkeypatch.setattr(pipeline._LazyLM, "multi_source", multi)
+    # what the samples hook reads: the model itself and held-out contexts
+    monkeypatch.setattr(pipeline._LazyLM, "get", lambda self: model)
+    monkeypatch.setattr(pipeline._LazyLM, "contexts", lambda self, split, shard=(0, 1): contexts[:8] + 1)
     return forwards
 
 
@@ -133,6 +136,23 @@ def test_lm_layers_from_one_pass_equal_single_layer_runs(tmp_path, tiny_lm, cach
         else:  # one layer alone needs as many LM forwards as the multi-layer run made for both
             assert tiny_lm["train"] - before == n_multi["train"]
     assert tiny_lm["eval"] == n_multi["eval"]  # both layers' eval caches came from one pass
+
+
+def test_samples_during_multi_layer_training(tmp_path, tiny_lm, monkeypatch):
+    """`samples_every` in train-multi: every layer gets its own samples at its own sites, at the due steps."""
+    from matryoshka_ext.eval import evaluate
+    from matryoshka_ext.eval.samples import SampleSet
+
+    monkeypatch.setattr(evaluate, "default_exclude_ids", lambda model: [2])  # the tiny model has no tokenizer
+
+    cfg = _lm_cfg(tmp_path, cache_tokens=1024, samples_every=4, samples_contexts=4, samples_top_n=3)
+    run_multi_training(cfg.replace(run_name="m"), [1, 2])
+    run = os.path.join(str(tmp_path), "runs", "m")
+    for layer in (1, 2):
+        folder = os.path.join(layer_dir(run, layer), "samples")
+        assert sorted(os.listdir(folder)) == ["step_000000004", "step_000000008"]
+        s = SampleSet.load(os.path.join(folder, "step_000000008"))
+        assert s.meta["step"] == 8 and s.meta["sites"]["layer"] == layer and s.n_tokens > 0
 
 
 # ----------------------------------------------------------------------------------------------------------
