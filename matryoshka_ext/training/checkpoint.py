@@ -30,8 +30,9 @@ import shutil
 import signal
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -40,6 +41,7 @@ from .serialize import flatten_state, fsync_dir, save_json, unflatten_state, wri
 CKPT_DIRNAME = "checkpoints"
 MANIFEST = "manifest.json"
 _STEP_RE = re.compile(r"^step_(\d+)$")
+T = TypeVar("T")
 _FILES = ("model.safetensors", "optimizer.safetensors", "state.safetensors", "state.json")
 
 
@@ -153,15 +155,15 @@ def _is_checkpoint_folder(path: str) -> bool:
     return any(os.path.isfile(os.path.join(path, f)) for f in (MANIFEST, "state.json"))
 
 
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint folder itself (verified), or the newest checkpoint of a run folder (or of its checkpoints/)
-    that verifies; newer ones that fail verification are skipped with a warning naming the problem.
+def _first_good(path: str, read: Callable[[str], T]) -> tuple[str, T]:
+    """(folder, read(folder)) for checkpoint folder `path` itself, or for the newest checkpoint of a run folder
+    (or of its checkpoints/) whose `read` does not raise CorruptCheckpointError; newer ones that do are skipped
+    with a warning naming the problem.
 
     Raises CorruptCheckpointError for a corrupt checkpoint folder given directly, or when a run has
-    checkpoints but none verifies; FileNotFoundError when there are none."""
+    checkpoints but none reads; FileNotFoundError when there are none."""
     if _is_checkpoint_folder(path) and _STEP_RE.match(os.path.basename(os.path.normpath(path))):
-        verify_checkpoint(path)
-        return path
+        return path, read(path)
     for run_dir in (path, os.path.dirname(os.path.normpath(path))):
         found = checkpoint_dirs(run_dir)
         if not found:
@@ -169,19 +171,22 @@ def resolve_checkpoint(path: str) -> str:
         errors = []
         for _, ckpt in reversed(found):
             try:
-                verify_checkpoint(ckpt)
+                return ckpt, read(ckpt)
             except CorruptCheckpointError as e:
                 errors.append(e)
-                warnings.warn(f"{e}; falling back to the previous checkpoint", RuntimeWarning, stacklevel=2)
-                continue
-            return ckpt
+                warnings.warn(f"{e}; falling back to the previous checkpoint", RuntimeWarning, stacklevel=3)
         raise CorruptCheckpointError(
             found[-1][1], "no checkpoint of this run verifies: " + "; ".join(e.reason for e in errors)
         )
-    if _is_checkpoint_folder(path):
-        verify_checkpoint(path)  # a checkpoint folder under another name: verify it all the same
-        return path
+    if _is_checkpoint_folder(path):  # a checkpoint folder under another name: checked all the same
+        return path, read(path)
     raise FileNotFoundError(f"no checkpoint found in {path!r} (expected step_* folders with {MANIFEST})")
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint folder itself (verified), or the newest checkpoint of a run folder that verifies (see
+    `_first_good` for the fallback and the errors)."""
+    return _first_good(path, verify_checkpoint)[0]
 
 
 def save_checkpoint(
@@ -255,12 +260,10 @@ def load_checkpoint_config(path: str) -> Any:
     return TrainConfig.from_dict(unflatten_state(meta["state"]["__map__"]["config"], {}))
 
 
-def load_checkpoint(path: str) -> Checkpoint:
-    """Load a checkpoint folder (or a run folder's newest verified one). Every file is checked against the
-    manifest before use; tensors land on CPU; no pickle is involved."""
+def _load_folder(path: str) -> Checkpoint:
+    """Read checkpoint folder `path` once: every file checked against the manifest, then parsed."""
     from safetensors.torch import load
 
-    path = resolve_checkpoint(path)
     manifest = _read_manifest(path)
     data = {name: _read_verified(path, name, manifest) for name in _FILES}
     try:
@@ -272,3 +275,9 @@ def load_checkpoint(path: str) -> Checkpoint:
         raise CorruptCheckpointError(path, f"unparseable contents: {e}") from None
     state.setdefault("step", meta["step"])
     return Checkpoint(path=path, model=model, optimizer=optimizer, state=state)
+
+
+def load_checkpoint(path: str) -> Checkpoint:
+    """Load a checkpoint folder (or a run folder's newest one that verifies and parses). Each file is read once
+    and checked against the manifest before use; tensors land on CPU; no pickle is involved."""
+    return _first_good(path, _load_folder)[1]

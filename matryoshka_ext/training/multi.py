@@ -32,7 +32,7 @@ import torch
 from ..config import TrainConfig
 from .checkpoint import checkpoint_dirs
 from .distributed import DistContext, init_distributed, split_layers
-from .pipeline import EvalFn, _BufferStream, _LazyLM, _local_batch, build_samples_hook, ensure_caches_shared
+from .pipeline import EvalFn, _LazyLM, buffer_stream, build_samples_hook, ensure_caches_shared
 from .sources import CachedActivations, SyntheticActivations
 from .trainer import Trainer, TrainResult, _GracefulStop
 
@@ -186,18 +186,7 @@ def build_multi_data(
         return streams, evals, lambda: None
     if not layers:
         return {}, evals, lambda: None
-    from ..data.activations import ActivationBuffer
-
-    source = lm.multi_source(cfg.dataset_split, layers, shard)
-    buffer = ActivationBuffer(
-        source,
-        cfg.buffer_tokens,
-        _local_batch(cfg.batch_tokens, data_ctx),
-        seed=cfg.seed,
-        device=device,
-        background=device.type == "cuda",
-    )
-    stream = _BufferStream(buffer, cfg.checkpoint_buffer, data_ctx)
+    stream = buffer_stream(cfg, lm.multi_source(cfg.dataset_split, layers, shard), device, data_ctx)
     return _views(stream, layers), evals, stream.close
 
 

@@ -116,10 +116,15 @@ def build_data(
         path = ensure_cache_shared(cfg, lm, cfg.dataset_split, cfg.cache_tokens, ctx)
         lm.release()
         return CachedActivations(path, cfg.batch_tokens, seed=cfg.seed, device=device, shard=shard), eval_fn
-    from ..data.activations import ActivationBuffer
-
     # each rank runs the LM on its own contexts (r, r+W, ...); the monkeypatchable one-argument call otherwise
     source = lm.source(cfg.dataset_split, shard=shard) if ctx.enabled else lm.source(cfg.dataset_split)
+    return buffer_stream(cfg, source, device, ctx), eval_fn
+
+
+def buffer_stream(cfg: TrainConfig, source: Any, device: torch.device, ctx: DistContext) -> _BufferStream:
+    """The shuffled activation buffer over a live LM `source`, as a checkpointable stream of this rank's batches."""
+    from ..data.activations import ActivationBuffer
+
     # background refills overlap the LM with training where a GPU runs the LM; on CPU they share the cores
     buffer = ActivationBuffer(
         source,
@@ -129,7 +134,7 @@ def build_data(
         device=device,
         background=device.type == "cuda",
     )
-    return _BufferStream(buffer, cfg.checkpoint_buffer, ctx), eval_fn
+    return _BufferStream(buffer, cfg.checkpoint_buffer, ctx)
 
 
 def build_samples_hook(cfg: TrainConfig, device: torch.device, out_dir: str, lm: _LazyLM | None = None) -> Any:

@@ -26,7 +26,9 @@ from matryoshka_ext.training.pipeline import regrid_buffer_state
 from matryoshka_ext.training.sources import SyntheticActivations
 from matryoshka_ext.training.trainer import Trainer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from .test_cli import ROOT
+from .test_cli import SMALL as CLI_SMALL
+
 B = 64  # global batch
 STEPS = 3
 
@@ -119,25 +121,17 @@ def test_ddp_batch_topk_ranks_stay_identical(tmp_path):
             assert torch.equal(ranks[0][k], ranks[1][k]), k
 
 
+# test_cli's small synthetic run, made exact (row TopK, float64) and checkpointing (later flags win)
 SMALL = [
-    "--model-name", "synthetic",
-    "--batch-tokens", "64",
-    "--transcoder.dict-size", "64",
-    "--group-sizes", "8,8,16,32",
-    "--k", "4",
-    "--aux-k", "8",
+    *CLI_SMALL,
     "--dead-tokens", "128",
     "--selection", "row",
     "--transcoder.dtype", "float64",
-    "--lr", "3e-3",
     "--warmup-steps", "3",
     "--total-tokens", "1280",
     "--ckpt-every", "10",
     "--keep-last", "3",
     "--eval-tokens", "128",
-    "--wandb-mode", "disabled",
-    "--progress", "false",
-    "--device", "cpu",
 ]  # fmt: skip
 
 
