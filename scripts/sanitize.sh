@@ -60,7 +60,8 @@ if [ "$(cat "$WORK/.stamp" 2>/dev/null)" != "$stamp" ] || ! ls "$SRC"/matryoshka
      > "$WORK/build.log" 2>&1) || { tail -40 "$WORK/build.log"; echo "sanitize: build failed" >&2; exit 1; }
   echo "$stamp" > "$WORK/.stamp"
 fi
-ldd "$SRC"/matryoshka_ext/_C*.so | grep -q libasan || { echo "sanitize: $SRC/_C is not instrumented" >&2; exit 1; }
+# (not `ldd | grep -q`: under pipefail, grep -q quitting early gives ldd a SIGPIPE and a false failure)
+[[ "$(ldd "$SRC"/matryoshka_ext/_C*.so)" == *libasan* ]] || { echo "sanitize: $SRC/_C is not instrumented" >&2; exit 1; }
 
 # ---- the run -----------------------------------------------------------------------------------------------------
 # detect_leaks=0: CPython and torch keep allocations alive until exit by design. ASan reports go to files as well

@@ -135,6 +135,13 @@ SMALL = [
 ]  # fmt: skip
 
 
+def _torchrun_env() -> dict[str, str]:
+    # TORCH_TCPSTORE_USE_LIBUV=0 for torchrun's agent too (the ranks default to it in init_distributed): with the
+    # libuv store a rank intermittently aborted at exit after finishing its work (see training/distributed.py)
+    path = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "TORCH_TCPSTORE_USE_LIBUV": "0"}
+
+
 def _close_checkpoints(a: str, b: str) -> None:
     ca, cb = load_checkpoint(a), load_checkpoint(b)
     assert ca.state["step"] == cb.state["step"] and ca.state["tokens_seen"] == cb.state["tokens_seen"]
@@ -148,7 +155,7 @@ def _close_checkpoints(a: str, b: str) -> None:
 
 def test_torchrun_two_ranks_checkpoint_then_one_rank_resume(tmp_path, capsys):
     out = str(tmp_path / "runs")
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    env = _torchrun_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     cmd += ["-m", "matryoshka_ext.cli", "train", *SMALL, "--out-dir", out, "--run-name", "ddp"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
@@ -222,7 +229,7 @@ def test_ctrl_c_under_torchrun_checkpoints_on_every_rank(tmp_path):
     import signal
     import time
 
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    env = _torchrun_env()
     args = [a for a in SMALL]
     args[args.index("--total-tokens") + 1] = str(64 * 10**6)  # far more than it gets to
     args[args.index("--ckpt-every") + 1] = "0"  # so the only checkpoint is the interrupt's
