@@ -27,6 +27,7 @@ SELECTIONS = ("batch", "row")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 SCALINGS = ("unit_mean_squared_norm", "unit_rms", "none")
 WANDB_MODES = ("online", "offline", "disabled")
+CACHE_MODES = ("auto", "memory", "mmap")
 
 
 class ConfigError(ValueError):
@@ -270,6 +271,12 @@ class TrainConfig(_Base):
         default=None,
     )
     cache_dtype: str = _help("dtype of cached activations", default="bfloat16")
+    cache_mode: str = _help(
+        "how training reads the cache: memory (read in; fastest gathers), mmap (mapped; page cache shared by "
+        "the ranks of a node, works beyond RAM), auto (memory when one copy per local rank fits in half the "
+        "available memory)",
+        default="auto",
+    )
     eval_tokens: int = _help(
         "held-out tokens (from eval_split) for the final evaluation; 0 = skip", default=16_384
     )
@@ -354,6 +361,8 @@ class TrainConfig(_Base):
         for name in ("model_dtype", "cache_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ConfigError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
+        if self.cache_mode not in CACHE_MODES:
+            raise ConfigError(f"cache_mode must be one of {CACHE_MODES}, got {self.cache_mode!r}")
         if self.wandb_mode not in WANDB_MODES:
             raise ConfigError(f"wandb_mode must be one of {WANDB_MODES}, got {self.wandb_mode!r}")
         if not isinstance(self.transcoder, TranscoderConfig):

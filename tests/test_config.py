@@ -84,6 +84,7 @@ def test_transcoder_validation_names_field(kwargs, field):
         (dict(keep_last=0), "keep_last"),
         (dict(grad_clip=-1.0), "grad_clip"),
         (dict(cache_dtype="int4"), "cache_dtype"),
+        (dict(cache_mode="ram"), "cache_mode"),
     ],
 )
 def test_train_validation_names_field(kwargs, field):

@@ -180,7 +180,9 @@ def build_multi_data(
         paths = ensure_caches_shared(cfg, lm, cfg.dataset_split, cfg.cache_tokens, cache_layers, cache_ctx)
         lm.release()
         streams = {
-            layer: CachedActivations(paths[layer], cfg.batch_tokens, seed=cfg.seed, device=device, shard=shard)
+            layer: CachedActivations(
+                paths[layer], cfg.batch_tokens, seed=cfg.seed, device=device, shard=shard, mode=cfg.cache_mode
+            )
             for layer in layers
         }
         return streams, evals, lambda: None
@@ -208,7 +210,7 @@ def _synthetic_eval(cfg: TrainConfig, layer: int, kw: dict[str, Any]) -> EvalFn:
 
 def _cached_eval(path: str, batch: int, device: torch.device) -> EvalFn:
     def fn() -> Iterator[Pair]:
-        return CachedActivations(path, batch_size=1, device=device).ordered_batches(batch)
+        return CachedActivations(path, batch_size=1, device=device, mode="mmap").ordered_batches(batch)
 
     return fn
 

@@ -109,13 +109,16 @@ def build_data(
         eval_path = ensure_cache_shared(cfg, lm, cfg.eval_split, cfg.eval_tokens, ctx)
 
         def eval_fn() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            held = CachedActivations(eval_path, batch_size=1, device=device)
+            held = CachedActivations(eval_path, batch_size=1, device=device, mode="mmap")  # one ordered pass
             return held.ordered_batches(cfg.batch_tokens)
 
     if cfg.cache_tokens:
         path = ensure_cache_shared(cfg, lm, cfg.dataset_split, cfg.cache_tokens, ctx)
         lm.release()
-        return CachedActivations(path, cfg.batch_tokens, seed=cfg.seed, device=device, shard=shard), eval_fn
+        stream = CachedActivations(
+            path, cfg.batch_tokens, seed=cfg.seed, device=device, shard=shard, mode=cfg.cache_mode
+        )
+        return stream, eval_fn
     # each rank runs the LM on its own contexts (r, r+W, ...); the monkeypatchable one-argument call otherwise
     source = lm.source(cfg.dataset_split, shard=shard) if ctx.enabled else lm.source(cfg.dataset_split)
     return buffer_stream(cfg, source, device, ctx), eval_fn

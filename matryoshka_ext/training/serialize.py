@@ -86,12 +86,6 @@ def save_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str
     write_bytes_durably(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
 
 
-def load_tensors(path: str, device: str = "cpu") -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(path, device=device)
-
-
 def save_json(path: str, obj: Any) -> None:
     write_bytes_durably(path, json.dumps(obj, indent=1).encode())
 
