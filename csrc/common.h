@@ -113,39 +113,32 @@ inline void check_grad_loss(const Tensor& grad_loss, const Tensor& W, int64_t m)
 // ---- kernels per backend (CPU always; CUDA when built with MX_WITH_CUDA) ---------------------------------
 using Csr = std::tuple<Tensor, Tensor, Tensor>;
 
-namespace cpu {
-Csr topk_select(const Tensor& pre, int64_t k);
-Csr batch_topk_select(const Tensor& pre, int64_t k);
-Tensor nested_decode(const Tensor& values, const Tensor& indices, const Tensor& row_offsets, const Tensor& W,
-                     const c10::optional<Tensor>& bias, IntArrayRef group_ends);
-Tensor nested_mse(const Tensor& values, const Tensor& indices, const Tensor& row_offsets, const Tensor& W,
-                  const Tensor& bias, const Tensor& target, IntArrayRef group_ends);
-Tensor nested_mse_backward(const Tensor& grad_loss, const Tensor& values, const Tensor& indices,
-                           const Tensor& row_offsets, const Tensor& W, const Tensor& bias, const Tensor& target,
-                           IntArrayRef group_ends);
-Tensor grouped_dot(const Tensor& S, const Tensor& indices, const Tensor& row_offsets, const Tensor& W,
-                   IntArrayRef group_ends);
-std::tuple<Tensor, Tensor> latent_grad(const Tensor& S, const Tensor& values, const Tensor& indices,
-                                       const Tensor& row_offsets, IntArrayRef group_ends, int64_t num_latents,
+// The kernel set every backend defines, declared once and expanded in each backend namespace.
+#define MX_BACKEND_KERNELS                                                                                       \
+Csr topk_select(const Tensor& pre, int64_t k);                                                                   \
+Csr batch_topk_select(const Tensor& pre, int64_t k);                                                             \
+Tensor nested_decode(const Tensor& values, const Tensor& indices, const Tensor& row_offsets, const Tensor& W,    \
+                     const c10::optional<Tensor>& bias, IntArrayRef group_ends);                                 \
+Tensor nested_mse(const Tensor& values, const Tensor& indices, const Tensor& row_offsets, const Tensor& W,       \
+                  const Tensor& bias, const Tensor& target, IntArrayRef group_ends);                             \
+Tensor nested_mse_backward(const Tensor& grad_loss, const Tensor& values, const Tensor& indices,                 \
+                           const Tensor& row_offsets, const Tensor& W, const Tensor& bias, const Tensor& target, \
+                           IntArrayRef group_ends);                                                              \
+Tensor grouped_dot(const Tensor& S, const Tensor& indices, const Tensor& row_offsets, const Tensor& W,           \
+                   IntArrayRef group_ends);                                                                      \
+std::tuple<Tensor, Tensor> latent_grad(const Tensor& S, const Tensor& values, const Tensor& indices,             \
+                                       const Tensor& row_offsets, IntArrayRef group_ends, int64_t num_latents,   \
                                        at::ScalarType dtype);
+
+namespace cpu {
+MX_BACKEND_KERNELS
 }  // namespace cpu
 
 namespace cuda {
-Csr topk_select(const Tensor& pre, int64_t k);
-Csr batch_topk_select(const Tensor& pre, int64_t k);
-Tensor nested_decode(const Tensor& values, const Tensor& indices, const Tensor& row_offsets, const Tensor& W,
-                     const c10::optional<Tensor>& bias, IntArrayRef group_ends);
-Tensor nested_mse(const Tensor& values, const Tensor& indices, const Tensor& row_offsets, const Tensor& W,
-                  const Tensor& bias, const Tensor& target, IntArrayRef group_ends);
-Tensor nested_mse_backward(const Tensor& grad_loss, const Tensor& values, const Tensor& indices,
-                           const Tensor& row_offsets, const Tensor& W, const Tensor& bias, const Tensor& target,
-                           IntArrayRef group_ends);
-Tensor grouped_dot(const Tensor& S, const Tensor& indices, const Tensor& row_offsets, const Tensor& W,
-                   IntArrayRef group_ends);
-std::tuple<Tensor, Tensor> latent_grad(const Tensor& S, const Tensor& values, const Tensor& indices,
-                                       const Tensor& row_offsets, IntArrayRef group_ends, int64_t num_latents,
-                                       at::ScalarType dtype);
+MX_BACKEND_KERNELS
 }  // namespace cuda
+
+#undef MX_BACKEND_KERNELS
 
 // Checks shared by all backends, one per op family (defined in checks.cpp).
 void check_decode_args(const Tensor& values, const Tensor& indices, const Tensor& row_offsets, const Tensor& W,
