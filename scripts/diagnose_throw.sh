@@ -10,6 +10,8 @@
 #   cpu-setup   CPU kernels only, setuptools with the distro flags
 #   cpu-plain   CPU kernels only, setuptools with LDSHARED="g++ -shared" and empty CFLAGS/LDFLAGS overrides
 #   cpu-jit     CPU kernels only, torch.utils.cpp_extension.load (load_inline's flags, no sysconfig)
+# and whether each .so kept its .eh_frame_hdr search table (scripts/unwind_table.py; BUILD_LOG=the build's
+# output is searched for the linker's "no .eh_frame_hdr table will be created").
 # Each probe line ends in RAISES (good) or the signal that killed it.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -50,6 +52,11 @@ SO=$(ls matryoshka_ext/_C*.so 2>/dev/null | head -n 1)
 if [ -n "$SO" ]; then
   echo "  $SO: $(readelf -n "$SO" 2>/dev/null | grep -i -E 'x86 feature|properties' | tr -s ' ' | tr '\n' ' ')"
   readelf -S "$SO" | grep -E 'eh_frame|gcc_except' | awk '{print "  section", $2}'
+  echo "  $("$PY" scripts/unwind_table.py "$SO")"
+fi
+if [ -n "${BUILD_LOG:-}" ] && [ -f "$BUILD_LOG" ]; then  # the linker says when it dropped the search table
+  echo "  build log eh_frame lines: $(grep -c -i 'eh_frame' "$BUILD_LOG")"
+  grep -i 'eh_frame' "$BUILD_LOG" | head -n 5 | sed 's/^/    /'
 fi
 
 echo "=== probes"
@@ -68,12 +75,14 @@ export MATRYOSHKA_EXT_CUDA=0 MAX_JOBS=${MAX_JOBS:-16}
 
 copy_tree cpu-setup
 (cd "$WORK/cpu-setup" && "$PY" setup.py -q build_ext --inplace >"$WORK/cpu-setup.build" 2>&1) &&
+  { echo "cpu-setup: $("$PY" scripts/unwind_table.py "$WORK"/cpu-setup/matryoshka_ext/_C*.so)"; true; } &&
   probe cpu-setup "import sys; sys.path.insert(0, '$WORK/cpu-setup'); import matryoshka_ext" ||
   echo "cpu-setup: build failed ($(tail -n 2 "$WORK/cpu-setup.build" | tr '\n' ' '))"
 
 copy_tree cpu-plain
 (cd "$WORK/cpu-plain" && CFLAGS= CPPFLAGS= LDFLAGS= LDSHARED="g++ -shared" CC=gcc CXX=g++ \
   "$PY" setup.py -q build_ext --inplace >"$WORK/cpu-plain.build" 2>&1) &&
+  { echo "cpu-plain: $("$PY" scripts/unwind_table.py "$WORK"/cpu-plain/matryoshka_ext/_C*.so)"; true; } &&
   probe cpu-plain "import sys; sys.path.insert(0, '$WORK/cpu-plain'); import matryoshka_ext" ||
   echo "cpu-plain: build failed ($(tail -n 2 "$WORK/cpu-plain.build" | tr '\n' ' '))"
 

@@ -82,6 +82,9 @@ build() {
       "$PY" setup.py -q build_ext --inplace || return 1
     fi
   fi
+  # An extension without an unwind search table turns every C++ exception into a crash (see the script).
+  "$PY" scripts/unwind_table.py "$("$PY" -c "import glob, os, matryoshka_ext as m
+print(glob.glob(os.path.join(os.path.dirname(m.__file__), '_C*.so'))[0])")" || echo "WARNING: see above"
   "$PY" -c "import matryoshka_ext as mx, torch
 assert mx.has_cuda_kernels(), 'built without the CUDA kernels'
 print('built: CUDA kernels registered, torch', torch.__version__, 'on',
@@ -101,7 +104,7 @@ except ValueError as e:
     print('raises:', e)
 else:
     raise SystemExit('mx.topk(k=0) did not raise')"; then
-    TAIL_LINES=40 run_stage "diagnose throw" 240 env PYTHON="$PY" bash scripts/diagnose_throw.sh
+    TAIL_LINES=40 run_stage "diagnose throw" 240 env PYTHON="$PY" BUILD_LOG="$LOG" bash scripts/diagnose_throw.sh
   fi
 fi
 
