@@ -235,14 +235,35 @@ def machine_lines(rows: list[dict]) -> list[str]:
     return out
 
 
-def profile_sections(folder: str, missed: list[tuple]) -> list[str]:
+def split_lines(by_shape: dict, missed: list[tuple]) -> list[str]:
+    """What the same-run rows of a missed goal's shape say about the split of our step (AuxK vs the rest)."""
     out = []
+    for key in sorted({m[2] for m in missed}):
+        rows = {r["impl"]: r for r in by_shape[key]}
+        if {"ours", "ours-noaux"} <= set(rows):
+            ours, rest = rows["ours"]["median"], rows["ours-noaux"]["median"]
+            line = (
+                f"- {key[0].upper()} {shape_label(key)}: ours {ours * 1e3:.1f} ms, of which AuxK over the dead latents "
+                f"{(ours - rest) * 1e3:.1f} ms ({(ours - rest) / ours:.0%}; the no-AuxK step is {rest * 1e3:.1f} ms)"
+            )
+            if "floor" in rows:
+                line += f"; the floor is {rows['floor']['median'] * 1e3:.1f} ms"
+            out.append(line + ".")
+    return out
+
+
+def profile_sections(folder: str, missed: list[tuple], by_shape: dict) -> list[str]:
+    out = split_lines(by_shape, missed)
+    if out:
+        out = ["From the step rows of the same run:", "", *out, ""]
     devices = {m[0] for m in missed}
+    profiled = set()
     for path in sorted(glob.glob(os.path.join(folder, "profile*.json"))):
         for p in json.load(open(path)):
             c = p["case"]
             if c["device"] not in devices:
                 continue
+            profiled.add(c["device"])
             out += [
                 f"#### {LABELS.get(c['impl'], c['impl'])}: {c['device']} N={c['n']} d={c['d']} F={c['f']} "
                 f"k={c['k']} m={c['groups']} {c['dtype']} ({p['steps']} steps, `{os.path.basename(path)}`)",
@@ -252,6 +273,12 @@ def profile_sections(folder: str, missed: list[tuple]) -> list[str]:
                 "```",
                 "",
             ]
+    for device in sorted(devices - profiled):
+        out += [
+            f"No {device.upper()} profile is recorded yet (`python -m benchmarks.profile_step --device {device}`; on a "
+            "GPU, scripts/gpu_check.sh writes it as profile-cuda.json).",
+            "",
+        ]
     return out
 
 
@@ -338,7 +365,7 @@ def render(folder: str, out_path: str) -> str:
             "selection. `grouped_dot`, `latent_grad` and `nested_mse_backward` are the sparse decoder backward; with",
             "AuxK they run twice, the second time over N x aux_k entries (aux_k = d/2, ten times k).",
             "",
-            *profile_sections(folder, missed),
+            *profile_sections(folder, missed, by_shape),
         ]
     if not any(r["device"] == "cuda" for r in rows):
         lines += [

@@ -2,11 +2,14 @@
 # The GPU check, run ON the GPU machine from the repository root:
 #   OUT=/some/dir bash scripts/gpu_check.sh
 # Builds the extension with its CUDA kernels for the visible GPU, runs the CUDA tests (tests/cuda), the GPU
-# benchmarks (benchmarks/gpu) and compute-sanitizer memcheck + racecheck on small inputs. Each stage's full
+# op benchmarks (benchmarks/gpu), compute-sanitizer memcheck + racecheck on small inputs, then the whole-step
+# benchmarks and profile at Gemma-2-2B shapes (benchmarks/test_train_step.py, benchmarks/profile_step.py). Each stage's full
 # output goes to $OUT/gpu_check.log (stdout shows only its tail); a failed stage does not stop later ones, and
 # the exit status is non-zero if any stage failed. Stage time limits shrink to fit GPU_CHECK_BUDGET (seconds,
 # default 480); GPU_CHECK_SKIP_BUILD=1 reuses an extension already built in the tree (a rerun on a warm machine).
-# Outputs: gpu_check.log, junit_cuda.xml, gpu_bench.json, gpu_bench.md, summary.txt.
+# Outputs: gpu_check.log, junit_cuda.xml, gpu_bench.json, gpu_bench.md, bench-train-step.json, profile-cuda.json,
+# summary.txt. A stage the budget cannot fit is skipped and counts as a failure: raise GPU_CHECK_BUDGET (up to
+# what the machine's command limit allows) to run everything.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
@@ -135,8 +138,16 @@ if ((BUILD_OK == 0)); then
     run_stage racecheck 90 "$SAN" --tool racecheck --error-exitcode 1 --report-api-errors no --print-limit 30 \
       "$PY" tests/cuda/sanitize_small.py --race
   fi
+
+  # ---- 6. whole training steps at Gemma-2-2B shapes (issue 6): ours, no-AuxK, dense, floor, installed peers ----
+  # Last, so the kernel checks above get the time first. Copy bench-train-step.json to
+  # benchmarks/results/gpu-<card>.json and profile-cuda.json next to it, then `python -m benchmarks.results`.
+  BENCH_DEVICE=cuda BENCH_CASE_S=${BENCH_CASE_S:-1} run_stage "step benchmarks" 200 "$PY" -m pytest -q -rfE \
+    benchmarks/test_train_step.py -p no:cacheprovider --benchmark-json="$OUT/bench-train-step.json" \
+    --benchmark-columns=median,rounds --benchmark-sort=name
+  run_stage "step profile" 90 "$PY" -m benchmarks.profile_step --device cuda --out "$OUT/profile-cuda.json"
 else
-  SUMMARY+=("cuda tests / benchmarks / sanitizer: not run (build failed)")
+  SUMMARY+=("cuda tests / benchmarks / sanitizer / step benchmarks: not run (build failed)")
 fi
 
 # ---- summary -----------------------------------------------------------------------------------------------
