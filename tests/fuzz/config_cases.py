@@ -32,6 +32,7 @@ FIELDS: list[tuple[str, Any]] = [(p, t) for p, t, _ in _flag_fields(TrainConfig)
 ENUMS = {
     "model_dtype": ("float32", "bfloat16", "float16", "float64"),
     "cache_dtype": ("float32", "bfloat16", "float16", "float64"),
+    "cache_mode": ("auto", "memory", "mmap"),
     "wandb_mode": ("online", "offline", "disabled"),
     "transcoder.selection": ("batch", "row"),
     "transcoder.dtype": ("float32", "bfloat16", "float16", "float64"),
