@@ -88,7 +88,8 @@ build() {
     cap=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())") || return 1
     export TORCH_CUDA_ARCH_LIST="$cap" MATRYOSHKA_EXT_CUDA=1 MAX_JOBS=${MAX_JOBS:-16}
     echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS"
-    if ! "$PY" -m pip install -q --no-deps --no-build-isolation -e .; then
+    # -v: the compiler and linker output reaches the log (the throw diagnosis greps it for eh_frame messages)
+    if ! "$PY" -m pip install -v --no-deps --no-build-isolation -e .; then
       echo "pip install -e . failed; building in place instead (setup.py build_ext --inplace)"
       "$PY" setup.py -q build_ext --inplace || return 1
     fi
