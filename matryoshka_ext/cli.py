@@ -208,7 +208,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        # Training handles the first Ctrl-C itself (checkpoint, then exit 0); this is a Ctrl-C during set-up
+        # (model load, activation caching: a partial cache is discarded) or a second one: no traceback.
+        print("matryoshka-ext: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -120,3 +120,17 @@ def test_config_file_and_module_entry_point(tmp_path):
 def test_flag_spellings(flag, capsys):
     assert cli.main(["train", flag, "disabled", "--print-config"]) == 0
     assert "wandb_mode: disabled" in capsys.readouterr().out
+
+
+def test_ctrl_c_during_setup_exits_130_without_a_traceback(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the model loads or activations are cached: no run to save yet, so a clean exit 130."""
+    from matryoshka_ext.training import pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "build_data", interrupted)
+    assert cli.main(["train", *SMALL, "--out-dir", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not list(tmp_path.rglob("step_*"))  # no checkpoint written
