@@ -1,4 +1,4 @@
-"""The small synthetic-data TrainConfig the CPU training tests share."""
+"""The small TrainConfig the training tests share (synthetic data on the CPU unless overridden)."""
 
 from __future__ import annotations
 

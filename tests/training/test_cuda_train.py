@@ -15,6 +15,8 @@ from matryoshka_ext.training.checkpoint import load_checkpoint
 from matryoshka_ext.training.sources import SyntheticActivations
 from matryoshka_ext.training.trainer import Trainer
 
+from ._configs import synthetic_config
+
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
@@ -26,22 +28,7 @@ def _cfg(**kw) -> TrainConfig:
         dict_size=18432, group_sizes=[2304, 2304, 4608, 4608, 4608], k=96, aux_k=256, aux_penalty=1 / 64,
         dead_tokens=3 * 4096,
     )  # fmt: skip
-    base = dict(
-        model_name="synthetic",
-        batch_tokens=4096,
-        total_tokens=4096 * 12,
-        lr=2e-4,
-        warmup_steps=2,
-        log_every=4,
-        ckpt_every=6,
-        wandb_mode="disabled",
-        progress=False,
-        device="cuda",
-        autocast_bf16=True,
-        transcoder=tc,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return synthetic_config(tc, batch=4096, steps=12, lr=2e-4, device="cuda", autocast_bf16=True, **kw)
 
 
 def _data():

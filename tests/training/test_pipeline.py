@@ -10,6 +10,8 @@ from matryoshka_ext.config import TrainConfig, TranscoderConfig
 from matryoshka_ext.training import pipeline
 from matryoshka_ext.training.checkpoint import load_checkpoint
 
+from ._configs import synthetic_config
+
 pytest.importorskip("transformer_lens")
 
 CTX, N_CTX = 32, 96
@@ -43,25 +45,15 @@ def _cfg(tmp_path, **kw) -> TrainConfig:
     base = dict(
         model_name="tiny-test",
         layer=1,
-        batch_tokens=64,
-        total_tokens=64 * 16,
         buffer_tokens=256,
         cache_tokens=0,
         eval_tokens=128,
         cache_dir=str(tmp_path / "cache"),
         cache_dtype="float32",
-        lr=3e-3,
-        warmup_steps=2,
-        log_every=4,
         ckpt_every=8,
-        wandb_mode="disabled",
-        progress=False,
-        device="cpu",
         out_dir=str(tmp_path / "runs"),
-        transcoder=tc,
     )
-    base.update(kw)
-    return TrainConfig(**base)
+    return synthetic_config(tc, batch=64, steps=16, **{**base, **kw})
 
 
 def _models_equal(a: str, b: str) -> None:
