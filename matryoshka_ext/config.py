@@ -358,13 +358,10 @@ class TrainConfig(_Base):
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if not self.grad_clip >= 0:
             raise ConfigError(f"grad_clip must be >= 0, got {self.grad_clip!r}")
-        for name in ("model_dtype", "cache_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ConfigError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
-        if self.cache_mode not in CACHE_MODES:
-            raise ConfigError(f"cache_mode must be one of {CACHE_MODES}, got {self.cache_mode!r}")
-        if self.wandb_mode not in WANDB_MODES:
-            raise ConfigError(f"wandb_mode must be one of {WANDB_MODES}, got {self.wandb_mode!r}")
+        choices = {"model_dtype": DTYPES, "cache_dtype": DTYPES, "cache_mode": CACHE_MODES, "wandb_mode": WANDB_MODES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not isinstance(self.transcoder, TranscoderConfig):
             raise ConfigError(f"transcoder must be a TranscoderConfig, got {type(self.transcoder).__name__}")
         self.transcoder.validate()

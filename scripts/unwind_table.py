@@ -30,7 +30,7 @@ def sections(data: bytes) -> dict[str, tuple[int, int]]:
     return out
 
 
-def read_varint_count(data: bytes, at: int, enc: int) -> int | None:
+def read_count(data: bytes, at: int, enc: int) -> int | None:
     """The fde_count field for the encodings linkers write (udata4/sdata4/udata8/sdata8), else None."""
     fmt = {0x03: "<I", 0x0B: "<i", 0x04: "<Q", 0x0C: "<q"}.get(enc & 0x0F)
     return struct.unpack_from(fmt, data, at)[0] if fmt else None
@@ -50,7 +50,7 @@ def main(path: str) -> int:
     off, size = secs[".eh_frame_hdr"]
     version, ptr_enc, count_enc, table_enc = data[off : off + 4]
     # eh_frame_ptr is 4 bytes for the pcrel|sdata4 encoding every linker here writes; the count follows it.
-    count = read_varint_count(data, off + 8, count_enc) if (ptr_enc & 0x0F) == 0x0B else None
+    count = read_count(data, off + 8, count_enc) if (ptr_enc & 0x0F) == 0x0B else None
     ok = table_enc != DW_EH_PE_OMIT and count_enc != DW_EH_PE_OMIT and bool(count)
     print(
         f"{path}: .eh_frame_hdr {size} bytes, version {version}, table_enc 0x{table_enc:02x}, "

@@ -337,9 +337,6 @@ class CachedActivations:
             raise ValueError(f"mode must be one of {CACHE_MODES}, got {mode!r}")
         self.rows = _shard_rows(batch_size, shard)
         self.data = _MappedRows(path)
-        self.in_memory = mode == "memory" or (mode == "auto" and _fits_in_memory(self.data.nbytes))
-        if self.in_memory:
-            self.data.read_in()
         self.manifest = self.data.manifest
         total = self.tokens = self.data.tokens
         if not 0 <= eval_tokens < total:
@@ -347,6 +344,9 @@ class CachedActivations:
         self.train_tokens = total - eval_tokens
         if batch_size > self.train_tokens:
             raise ValueError(f"batch_size {batch_size} exceeds the {self.train_tokens} cached training tokens")
+        self.in_memory = mode == "memory" or (mode == "auto" and _fits_in_memory(self.data.nbytes))
+        if self.in_memory:  # only once the arguments are known to be good: this reads the whole cache
+            self.data.read_in()
         self.path, self.batch_size, self.seed = path, batch_size, seed
         self.device = torch.device(device)
         self.d_in, self.d_out = self.data.d_in, self.data.d_out
