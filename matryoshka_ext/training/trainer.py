@@ -81,11 +81,11 @@ class TrainResult:
         command an interrupted run suggests (default: `matryoshka-ext train --resume <run_dir>`)."""
         group_ends = self.group_ends
         src = "held-out" if self.eval else "last training batch"
-        if not self.eval and not self.last_metrics:  # stopped before the first logged step
-            lines = [f"trained {self.step} steps, {self.tokens_seen:,} tokens in {self.wall_time_s:.0f} s"]
-            if self.interrupted:
-                resume = resume_command or f"matryoshka-ext train --resume {self.run_dir}"
+        lines = [f"trained {self.step} steps, {self.tokens_seen:,} tokens in {self.wall_time_s:.0f} s"]
+        if self.interrupted:
+            resume = resume_command or f"matryoshka-ext train --resume {self.run_dir}"
             lines.append(f"interrupted: continue with  {resume}")
+        if not self.eval and not self.last_metrics:  # stopped before the first logged step
             lines.append(f"checkpoint: {os.path.abspath(self.checkpoint)}")
             return lines
         if self.eval:
@@ -94,10 +94,6 @@ class TrainResult:
             m = self.last_metrics
             fvu = [m[f"prefix_{i + 1}/fvu"] for i in range(len(group_ends))]
             l0, dead = m["l0_norm"], m["sparsity/dead_features_fraction"]
-        lines = [f"trained {self.step} steps, {self.tokens_seen:,} tokens in {self.wall_time_s:.0f} s"]
-        if self.interrupted:
-            resume = resume_command or f"matryoshka-ext train --resume {self.run_dir}"
-            lines.append(f"interrupted: continue with  {resume}")
         lines.append(f"per-prefix FVU ({src}):")
         for i, (e, v) in enumerate(zip(group_ends, fvu)):
             lines.append(f"  prefix {i + 1} (latents [0, {e})): FVU {v:.4f}")

@@ -134,3 +134,15 @@ def test_ctrl_c_during_setup_exits_130_without_a_traceback(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err
     assert not list(tmp_path.rglob("step_*"))  # no checkpoint written
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_summary_of_a_run_stopped_before_its_first_logged_step(tmp_path, interrupted):
+    """No metrics and no evaluation yet: the summary still says what was trained and where it is."""
+    from matryoshka_ext.training.trainer import TrainResult
+
+    run = str(tmp_path / "r")
+    res = TrainResult(run, run + "/step_00000001", run + "/transcoder", 1, 64, 0.5, interrupted=interrupted)
+    lines = res.summary_lines()
+    assert lines[0] == "trained 1 steps, 64 tokens in 0 s" and lines[-1].startswith("checkpoint: ")
+    assert any(f"--resume {run}" in line for line in lines) == interrupted
