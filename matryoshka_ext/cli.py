@@ -87,7 +87,7 @@ def _train(args: argparse.Namespace) -> int:
         print(cfg.to_yaml(), end="")
         return 0
     from .training import run_training
-    from .training.distributed import DistContext, destroy_distributed
+    from .training.distributed import DistContext, destroy_distributed, end_launched_rank
 
     try:  # under torchrun: every rank trains, rank 0 reports
         result = run_training(cfg)
@@ -95,6 +95,7 @@ def _train(args: argparse.Namespace) -> int:
             print("\n".join(result.summary_lines()))
     finally:
         destroy_distributed()
+    end_launched_rank()
     return 0
 
 
@@ -144,7 +145,7 @@ def _train_multi(args: argparse.Namespace) -> int:
         print(f"# layers: {layers}")
         print(cfg.to_yaml(), end="")
         return 0
-    from .training.distributed import DistContext, destroy_distributed
+    from .training.distributed import DistContext, destroy_distributed, end_launched_rank
     from .training.multi import run_multi_training
 
     try:
@@ -157,6 +158,7 @@ def _train_multi(args: argparse.Namespace) -> int:
                 print("\n".join(result.summary_lines(resume_command=again)))
     finally:
         destroy_distributed()
+    end_launched_rank()
     return 0
 
 

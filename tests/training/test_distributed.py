@@ -136,10 +136,8 @@ SMALL = [
 
 
 def _torchrun_env() -> dict[str, str]:
-    # TORCH_TCPSTORE_USE_LIBUV=0 for torchrun's agent too (the ranks default to it in init_distributed): with the
-    # libuv store a rank intermittently aborted at exit after finishing its work (see training/distributed.py)
     path = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "TORCH_TCPSTORE_USE_LIBUV": "0"}
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
 def _close_checkpoints(a: str, b: str) -> None:
