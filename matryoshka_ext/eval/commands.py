@@ -14,15 +14,22 @@ Shared flags (all commands):
   --input-hook/--output-hook  hook templates with {layer}; default Gemma Scope's ln2.hook_normalized ->
                         hook_mlp_out (data.sites)
   --dataset, --split, --dataset-subset, --text-field, --streaming
-                        held-out text (default: the offline Debian corpus, split "eval")
-  --context-size T      tokens per context (BOS first; BOS/pad positions are excluded everywhere)
+                        held-out text (default: the training run's dataset and eval_split, else the offline
+                        Debian corpus, split "eval")
+  --context-size T      tokens per context (BOS first; BOS/pad positions are excluded everywhere); default: the
+                        run's context_size, else 128
   --batch-contexts B    contexts per language-model forward
-  --device              auto | cpu | cuda | cuda:N;   --model-dtype float32 | bfloat16 | float16
+  --device              auto | cpu | cuda | cuda:N;   --model-dtype float32 | bfloat16 | float16 (default: the
+                        run's model_dtype, else float32)
   --mode                our transcoders' selection: jumprelu (inference, default), batch or row
   --out DIR             output folder (default: eval_out/<command>-<name>)
   --no-progress         no progress bar
 eval/compare: --n-tokens, --splice-tokens (0 = no spliced loss), --splice-batch-contexts, --splice-prefixes
-  (all | last | 1,3,5), --dense-threshold, --chunk-tokens; compare: --names (comma-separated display names).
+  (all | last | 1,3,5), --dense-threshold, --chunk-tokens, --no-cache; compare: --names (display names).
+  A training run of ours already holds its held-out activations (``eval_tokens`` of ``eval_split``, cached at
+  the end of training): when the data flags agree with the run's, FVU/L0/density come from that cache (the
+  first --n-tokens rows; default: all of them) and the language model runs only for the spliced loss
+  (``--splice-tokens 0``: not loaded at all). ``--no-cache`` computes them with the language model instead.
 samples: --n-tokens, --top-n, --window LEFT,RIGHT, --report-latents (per group, markdown), --browser-latents
   (latents whose contexts are embedded in the HTML), --browser-contexts, --coact-latents (co-activation is
   counted among the first this-many latents; 0 = off), --redundancy auto | on | off (decoder max-cosine;
@@ -48,15 +55,16 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--layer", type=int, default=None, help="transcoded block (default: recorded with the transcoder)")
     g.add_argument("--input-hook", default=None, help="input hook template, {layer} filled in (default: Gemma's)")
     g.add_argument("--output-hook", default=None, help="output hook template (default: blocks.{layer}.hook_mlp_out)")
-    g.add_argument("--dataset", default="offline", help="text: 'offline', a local file/folder, or a hub dataset id")
-    g.add_argument("--split", default="eval", help="split of the text (default: the held-out 'eval' split)")
+    # None = the training run's value (``_resolve_data_args``), else the one in _FALLBACK
+    g.add_argument("--dataset", default=None, help="text: 'offline', a local file/folder, or a hub dataset id")
+    g.add_argument("--split", default=None, help="split of the text (default: the run's eval_split, else 'eval')")
     g.add_argument("--dataset-subset", default=None, help="dataset config name (e.g. sample-10BT)")
-    g.add_argument("--text-field", default="text", help="text column of the dataset")
+    g.add_argument("--text-field", default=None, help="text column of the dataset (default: text)")
     g.add_argument("--streaming", action="store_true", help="stream the dataset")
-    g.add_argument("--context-size", type=int, default=128, help="tokens per context (BOS first)")
+    g.add_argument("--context-size", type=int, default=None, help="tokens per context (BOS first; default 128)")
     g.add_argument("--batch-contexts", type=int, default=8, help="contexts per language-model forward")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    g.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--model-dtype", default=None, choices=["float32", "bfloat16", "float16"])
     g.add_argument(
         "--mode",
         default="jumprelu",
@@ -69,7 +77,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation")
-    g.add_argument("--n-tokens", type=int, default=16_384, help="tokens for fidelity/sparsity metrics")
+    g.add_argument(
+        "--n-tokens", type=int, default=None, help="tokens for fidelity/sparsity (default: the run's cache, else 16384)"
+    )
     g.add_argument(
         "--splice-tokens",
         type=int,
@@ -80,6 +90,7 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--splice-prefixes", default="all", help="all, last, or comma-separated 1-based prefixes")
     g.add_argument("--dense-threshold", type=float, default=0.1, help="dense = fires on more than this fraction")
     g.add_argument("--chunk-tokens", type=int, default=4096, help="rows per transcoder call")
+    g.add_argument("--no-cache", action="store_true", help="FVU/L0 from the LM even when the run's cache exists")
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -114,6 +125,76 @@ def add_samples_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+# data flags left unset: the run's TrainConfig field they come from, and the value without a run
+_DATA_ARGS = {
+    "dataset": ("dataset", "offline"),
+    "split": ("eval_split", "eval"),
+    "dataset_subset": ("dataset_subset", None),
+    "text_field": ("text_field", "text"),
+    "context_size": ("context_size", 128),
+    "model_dtype": ("model_dtype", "float32"),
+}
+_N_TOKENS = 16_384
+
+
+def run_config_of(tc: Any) -> Any:
+    """The TrainConfig of the training run a loaded transcoder of ours came from (its run folder's
+    config.yaml, up to three folders above the loaded path), or None (other formats, unreadable configs)."""
+    from pathlib import Path
+
+    from ..config import TrainConfig
+
+    if not str(tc.meta.get("format", "")).startswith("matryoshka-ext") or not tc.meta.get("path"):
+        return None
+    p = Path(tc.meta["path"])
+    for cand in (p, *list(p.parents)[:3]):
+        f = cand / "config.yaml"
+        if f.is_file():
+            try:
+                return TrainConfig.load(f)
+            except Exception:  # noqa: BLE001 - another version's config: no run defaults, the LM path still works
+                return None
+    return None
+
+
+def _resolve_data_args(args: argparse.Namespace, tcs: list[Any]) -> Any:
+    """Fill the unset data flags from the transcoders' training run (when they share one config); returns it."""
+    cfgs = [run_config_of(t) for t in tcs]
+    run = cfgs[0] if cfgs and all(c is not None and c == cfgs[0] for c in cfgs) else None
+    for name, (field, fallback) in _DATA_ARGS.items():
+        if getattr(args, name, None) is None:
+            value = getattr(run, field) if run is not None else fallback
+            setattr(args, name, fallback if value is None and name != "dataset_subset" else value)
+    return run
+
+
+def _fallback_data_args(args: argparse.Namespace) -> None:
+    for name, (_, fallback) in _DATA_ARGS.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, fallback)
+
+
+def run_eval_cache(args: argparse.Namespace, run: Any, sites: Any) -> str | None:
+    """Path of the run's held-out activation cache when it exists and matches what the flags ask for."""
+    if run is None or getattr(args, "no_cache", False) or not run.eval_tokens or not run.eval_split:
+        return None
+    from ..data.sites import sites_for
+    from ..training.pipeline import cache_key, cache_root_dir
+    from ..training.sources import cache_is_complete
+
+    same = (
+        sites == sites_for(run.layer, run.input_hook, run.output_hook)
+        and (args.model is None or args.model == run.model_name)
+        and (args.dataset, args.split, args.dataset_subset, args.text_field, args.context_size, args.model_dtype)
+        == (run.dataset, run.eval_split, run.dataset_subset, run.text_field, run.context_size, run.model_dtype)
+        and (args.n_tokens is None or args.n_tokens <= run.eval_tokens)
+    )
+    if not same:
+        return None
+    path = os.path.join(cache_root_dir(run), cache_key(run, run.eval_split, run.eval_tokens))
+    return path if cache_is_complete(path) else None
+
+
 def _device(name: str) -> Any:
     import torch
 
@@ -160,11 +241,14 @@ def _sites(args: argparse.Namespace, tcs: list[Any]) -> Any:
 def _lm(args: argparse.Namespace, tcs: list[Any]) -> Any:
     import torch
 
+    from .._timing import stage
     from ..data.models import load_model
 
+    _fallback_data_args(args)
     name = args.model or next((t.meta["model_name"] for t in tcs if t.meta.get("model_name")), None) or OFFLINE_MODEL
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.model_dtype]
-    model = load_model(name, device=_device(args.device), dtype=dtype)
+    with stage("model load"):
+        model = load_model(name, device=_device(args.device), dtype=dtype)
     model.eval()
     return model, name
 
@@ -173,6 +257,7 @@ def _contexts(args: argparse.Namespace, model: Any) -> Any:
     from ..data.text import text_dataset
     from ..data.tokens import token_contexts
 
+    _fallback_data_args(args)
     texts = text_dataset(
         args.dataset,
         split=args.split,
@@ -205,11 +290,11 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")[:80] or "transcoder"
 
 
-def _eval_config(args: argparse.Namespace) -> Any:
+def _eval_config(args: argparse.Namespace, n_tokens: int | None = None) -> Any:
     from .evaluate import EvalConfig
 
     return EvalConfig(
-        n_tokens=args.n_tokens,
+        n_tokens=n_tokens or args.n_tokens or _N_TOKENS,
         splice_tokens=args.splice_tokens,
         batch_contexts=args.batch_contexts,
         splice_batch_contexts=args.splice_batch_contexts,
@@ -224,14 +309,31 @@ def _eval_config(args: argparse.Namespace) -> Any:
 def _run_eval(args: argparse.Namespace, paths: list[str], names: list[str] | None, command: str) -> dict[str, Any]:
     from .evaluate import evaluate
 
-    cfg = _eval_config(args)
-    cfg.validate()
+    _eval_config(args).validate()
     tcs = _load_transcoders(paths, names, args)
+    run = _resolve_data_args(args, tcs)
     sites = _sites(args, tcs)
-    model, model_name = _lm(args, tcs)
-    _check_widths(model, sites, tcs)
-    contexts = _contexts(args, model)
-    res = evaluate(tcs, model, sites, contexts, cfg, progress=not args.no_progress)
+    cache = run_eval_cache(args, run, sites)
+    activations = None
+    if cache is not None:
+        from ..training.sources import CachedActivations
+
+        held = CachedActivations(cache, batch_size=1, mode="mmap")
+        cfg = _eval_config(args, n_tokens=args.n_tokens or held.tokens)
+        activations = held.ordered_batches(cfg.chunk_tokens)
+        print(f"eval: FVU/L0/density from the run's held-out activation cache ({held.tokens} tokens): {cache}")
+        for t in tcs:
+            if (t.d_in, t.d_out) != (held.d_in, held.d_out):
+                raise SystemExit(f"{t.name}: maps {t.d_in} -> {t.d_out}, the cache holds {held.d_in} -> {held.d_out}")
+    else:
+        cfg = _eval_config(args)
+    model = contexts = None
+    model_name = args.model or (run.model_name if run is not None else None)
+    if activations is None or cfg.splice_tokens:
+        model, model_name = _lm(args, tcs)
+        _check_widths(model, sites, tcs)
+        contexts = _contexts(args, model)
+    res = evaluate(tcs, model, sites, contexts, cfg, progress=not args.no_progress, activations=activations)
     res["meta"] = {
         "command": command,
         "model": model_name,
@@ -280,6 +382,7 @@ def samples_command(args: argparse.Namespace) -> int:
 
     left, right = (int(v) for v in args.window.split(","))
     (tc,) = _load_transcoders([args.transcoder], None, args)
+    _resolve_data_args(args, [tc])
     sites = _sites(args, [tc])
     model, model_name = _lm(args, [tc])
     _check_widths(model, sites, [tc])

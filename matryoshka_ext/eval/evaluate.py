@@ -8,6 +8,12 @@ scored predictions, the spliced-in next-token loss per prefix (``splice``). Site
     res = evaluate([tc_a, tc_b], model, gemma_sites(6), contexts, EvalConfig(n_tokens=16384))
 
 ``contexts``: an iterable of ``LongTensor [T]`` (``data.tokens.token_contexts``) or a ``[N, T]`` tensor.
+
+With ``activations`` (an iterable of ``(x [n, d_in], y [n, d_out])``, e.g. a training run's held-out activation
+cache of the same sites, BOS/pad already dropped) fidelity and sparsity come from those rows and the language
+model runs only for the spliced loss: one clean forward per batch (its log-probabilities kept for every
+variant) and one intervened forward per ablation and per spliced prefix. Without ``splice_tokens`` the model
+is not needed at all (``model=None``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 
 import torch
 
+from .._timing import stage
 from ..data.sites import Sites
 from ..loaders.base import BaseTranscoder
 from .metrics import FidelityStats, SparsityStats
@@ -111,8 +118,12 @@ def evaluate(
     cfg: EvalConfig | None = None,
     exclude_token_ids: Sequence[int] | None = None,
     progress: bool = False,
+    activations: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Score every transcoder on the same batches; returns a JSON-able dict (see ``report.write_eval``).
+
+    ``activations``: precomputed (x, y) rows for fidelity/sparsity (see the module docstring); ``model`` and
+    ``contexts`` then serve the spliced loss only and may be None when ``cfg.splice_tokens == 0``.
 
     Result layout: ``{"config", "sites", "clean": {ce, ce_zero_ablation, ce_mean_ablation, kl_*, n_scored},
     "transcoders": [{"name", "describe", "prefixes": [{prefix, latents, mse, fvu, ..., l0_mean, ce, delta_ce,
@@ -126,14 +137,18 @@ def evaluate(
     names = [t.name for t in tcs]
     if len(set(names)) != len(names):
         raise ValueError(f"transcoder names must be unique, got {names}")
-    for hook in sites.hooks:
-        if hook not in model.hook_dict:
-            raise ValueError(f"hook {hook!r} is not in the model")
-    exclude = torch.tensor(
-        sorted(set(exclude_token_ids)) if exclude_token_ids is not None else default_exclude_ids(model),
-        dtype=torch.long,
-    )
-    dev = _device_of(model)
+    needs_lm = activations is None or cfg.splice_tokens > 0
+    if needs_lm and (model is None or contexts is None):
+        raise ValueError("a model and contexts are needed (no activations given, or splice_tokens > 0)")
+    if needs_lm:
+        for hook in sites.hooks:
+            if hook not in model.hook_dict:
+                raise ValueError(f"hook {hook!r} is not in the model")
+        exclude = torch.tensor(
+            sorted(set(exclude_token_ids)) if exclude_token_ids is not None else default_exclude_ids(model),
+            dtype=torch.long,
+        )
+    dev = _device_of(model) if model is not None else tcs[0].device
     entries = []
     for t in tcs:
         entries.append(
@@ -145,8 +160,17 @@ def evaluate(
             )
         )
     splice_stats = SpliceStats()
-    n_fid = 0
     t0 = time.perf_counter()
+    if activations is not None:
+        with stage("eval: FVU, L0, density (activation cache)"):
+            source = _score_activations(entries, activations, cfg, _progress(cfg.n_tokens, progress, "eval: FVU"))
+        if cfg.splice_tokens:
+            with stage("eval: spliced LM loss"):
+                _splice_only(entries, model, sites, contexts, exclude, cfg, splice_stats, progress)
+        res = _assemble(entries, splice_stats, sites, cfg, time.perf_counter() - t0)
+        res["fidelity_source"] = source
+        return res
+    n_fid = 0
     bar = _progress(cfg.n_tokens, progress)
     for tokens in _batches(contexts, cfg.batch_contexts):
         if n_fid >= cfg.n_tokens and splice_stats.n.get("clean", 0) >= cfg.splice_tokens:
@@ -169,16 +193,65 @@ def evaluate(
         x, y = torch.cat(xs), torch.cat(ys)
         take = min(x.shape[0], cfg.n_tokens - n_fid)
         if take > 0:
-            x, y = x[:take].float(), y[:take].float()
-            for e in entries:
-                for xc, yc in zip(x.split(cfg.chunk_tokens), y.split(cfg.chunk_tokens)):
-                    recon, acts = e.tc.reconstruct_prefixes(xc)
-                    e.fid.update(yc, recon)
-                    e.spars.update(acts)
+            _score_fidelity(entries, x[:take].float(), y[:take].float(), cfg.chunk_tokens)
             n_fid += take
             bar.update(take)
     bar.close()
-    return _assemble(entries, splice_stats, sites, cfg, time.perf_counter() - t0)
+    res = _assemble(entries, splice_stats, sites, cfg, time.perf_counter() - t0)
+    res["fidelity_source"] = "language model"
+    return res
+
+
+def _score_fidelity(entries: list[_Entry], x: torch.Tensor, y: torch.Tensor, chunk: int) -> None:
+    """Update every entry's fidelity and sparsity stats with rows x [n, d_in], y [n, d_out] (float32)."""
+    for e in entries:
+        for xc, yc in zip(x.split(chunk), y.split(chunk)):
+            recon, acts = e.tc.reconstruct_prefixes(xc)
+            e.fid.update(yc, recon)
+            e.spars.update(acts)
+
+
+def _score_activations(
+    entries: list[_Entry], activations: Iterable[tuple[torch.Tensor, torch.Tensor]], cfg: EvalConfig, bar: Any
+) -> str:
+    """Fidelity and sparsity on the first cfg.n_tokens precomputed rows; returns the result's source label."""
+    n = 0
+    dev = entries[0].tc.device
+    for x, y in activations:
+        take = min(x.shape[0], cfg.n_tokens - n)
+        if take <= 0:
+            break
+        _score_fidelity(entries, x[:take].to(dev, torch.float32), y[:take].to(dev, torch.float32), cfg.chunk_tokens)
+        n += take
+        bar.update(take)
+    bar.close()
+    return "activation cache"
+
+
+def _splice_only(
+    entries: list[_Entry],
+    model: Any,
+    sites: Sites,
+    contexts: Iterable[torch.Tensor] | torch.Tensor,
+    exclude: torch.Tensor,
+    cfg: EvalConfig,
+    stats: SpliceStats,
+    progress: bool,
+) -> None:
+    """The spliced loss on the first cfg.splice_tokens scored predictions, in the same sub-batches of
+    cfg.splice_batch_contexts contexts as the language-model path (so both give the same numbers)."""
+    dev = _device_of(model)
+    variants = [((e.tc.name, p), _replacer(e.tc, p)) for e in entries for p in e.splice_prefixes]
+    bar = _progress(cfg.splice_tokens, progress, f"eval: spliced loss ({3 + len(variants)} forwards/batch)")
+    for tokens in _batches(contexts, cfg.splice_batch_contexts):
+        done = stats.n.get("clean", 0)
+        if done >= cfg.splice_tokens:
+            break
+        tokens = tokens.to(dev)
+        keep = ~torch.isin(tokens, exclude.to(dev))
+        splice_batch(model, sites, tokens, keep, variants, stats, cfg.splice_from_layer)
+        bar.update(min(stats.n.get("clean", 0), cfg.splice_tokens) - done)
+    bar.close()
 
 
 def _replacer(tc: BaseTranscoder, prefix: int):
@@ -246,14 +319,15 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, enabled: bool) -> Any:
+def _progress(total: int, enabled: bool, desc: str = "eval") -> Any:
+    """A tqdm bar (count, rate and ETA) over `total` tokens, or a no-op one."""
     if not enabled:
         return _NoBar()
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
         return _NoBar()
-    return tqdm(total=total, unit="tok", desc="eval")
+    return tqdm(total=total, unit="tok", unit_scale=True, desc=desc, dynamic_ncols=True)
 
 
 def finite(v: Any) -> Any:

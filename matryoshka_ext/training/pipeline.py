@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from .._timing import stage
 from ..config import TrainConfig
 from .checkpoint import resolve_checkpoint
 from .distributed import DistContext, init_distributed
@@ -69,12 +70,18 @@ def run_training(cfg: TrainConfig, run_dir: str | None = None, max_steps: int | 
     Launched by torchrun with several ranks, this joins the process group and trains data-parallel."""
     ctx, device = init_distributed(cfg.device)
     run_dir = run_dir or ctx.broadcast_object(run_dir_for(cfg) if ctx.is_main else None)
-    data, eval_fn = build_data(cfg, device, ctx)
+    lm = _LazyLM(cfg, device) if cfg.model_name != "synthetic" else None
+    # one model load serves the eval cache, the train cache and the samples hook
+    data, eval_fn = build_data(cfg, device, ctx, lm=lm, keep_lm=bool(cfg.samples_every))
     callbacks = []
-    if cfg.samples_every and cfg.model_name != "synthetic" and ctx.is_main:
-        callbacks.append(build_samples_hook(cfg, device, os.path.join(run_dir, "samples")))
+    if cfg.samples_every and lm is not None and ctx.is_main:
+        callbacks.append(build_samples_hook(cfg, device, os.path.join(run_dir, "samples"), lm=lm))
+    if lm is not None and cfg.cache_tokens:
+        lm.release()
     try:
-        return Trainer(cfg, data, run_dir, device, eval_fn, dist=ctx, callbacks=callbacks).run(max_steps=max_steps)
+        with stage("training (and held-out FVU, saving)"):
+            trainer = Trainer(cfg, data, run_dir, device, eval_fn, dist=ctx, callbacks=callbacks)
+            return trainer.run(max_steps=max_steps)
     finally:
         close = getattr(data, "close", None)
         if close is not None:  # stops the activation buffer's background thread
@@ -82,9 +89,16 @@ def run_training(cfg: TrainConfig, run_dir: str | None = None, max_steps: int | 
 
 
 def build_data(
-    cfg: TrainConfig, device: torch.device, ctx: DistContext | None = None
+    cfg: TrainConfig,
+    device: torch.device,
+    ctx: DistContext | None = None,
+    lm: _LazyLM | None = None,
+    keep_lm: bool = False,
 ) -> tuple[Any, EvalFn | None]:
-    """(training stream, held-out batches callable or None) for `cfg`; this rank's shard under `ctx`."""
+    """(training stream, held-out batches callable or None) for `cfg`; this rank's shard under `ctx`.
+
+    `lm`: the lazily loaded LM to use (and share with the caller); both caches come from its one load. It is
+    released once the caches exist unless `keep_lm` (the caller still needs it, e.g. for the samples hook)."""
     ctx = ctx or DistContext.single()
     shard = (ctx.rank, ctx.world_size)
     if cfg.model_name == "synthetic":
@@ -95,15 +109,13 @@ def build_data(
             return data, None
 
         def synthetic_eval() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            held = SyntheticActivations(
-                batch_size=min(cfg.batch_tokens, cfg.eval_tokens), seed=cfg.seed + 1, **kw
-            )
+            held = SyntheticActivations(batch_size=min(cfg.batch_tokens, cfg.eval_tokens), seed=cfg.seed + 1, **kw)
             for _ in range(max(1, cfg.eval_tokens // held.batch_size)):
                 yield next(held)
 
         return data, synthetic_eval
 
-    lm = _LazyLM(cfg, device)
+    lm = lm or _LazyLM(cfg, device)
     eval_fn = None
     if cfg.eval_tokens and cfg.eval_split:
         eval_path = ensure_cache_shared(cfg, lm, cfg.eval_split, cfg.eval_tokens, ctx)
@@ -114,7 +126,8 @@ def build_data(
 
     if cfg.cache_tokens:
         path = ensure_cache_shared(cfg, lm, cfg.dataset_split, cfg.cache_tokens, ctx)
-        lm.release()
+        if not keep_lm:
+            lm.release()
         stream = CachedActivations(
             path, cfg.batch_tokens, seed=cfg.seed, device=device, shard=shard, mode=cfg.cache_mode
         )
@@ -226,14 +239,15 @@ class _LazyLM:
     def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         self.model = None
+        self.loads = 0  # how many times the model was loaded (one per process is the aim)
 
     def get(self) -> Any:
         if self.model is None:
             from ..data.models import load_model
 
-            self.model = load_model(
-                self.cfg.model_name, device=self.device, dtype=_DTYPES[self.cfg.model_dtype]
-            )
+            with stage("model load"):
+                self.model = load_model(self.cfg.model_name, device=self.device, dtype=_DTYPES[self.cfg.model_dtype])
+            self.loads += 1
         return self.model
 
     def release(self) -> None:
@@ -312,7 +326,7 @@ def ensure_cache(cfg: TrainConfig, lm: _LazyLM, split: str, n_tokens: int) -> st
     if cache_is_complete(path):
         return path
     source = lm.source(split)
-    with torch.inference_mode():
+    with stage(f"activation caching ({split}, {n_tokens} tokens)"), torch.inference_mode():
         write_activation_cache(
             ((batch.x, batch.y) for batch in source),
             n_tokens,
@@ -366,7 +380,7 @@ def ensure_caches_shared(
             layer: {"model": cfg.model_name, "layer": layer, "split": split, "dataset": cfg.dataset}
             for layer in missing
         }
-        with torch.inference_mode():
+        with stage(f"activation caching ({split}, {n_tokens} tokens)"), torch.inference_mode():
             write_activation_caches(
                 (batch.acts for batch in source),
                 n_tokens,

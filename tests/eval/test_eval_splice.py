@@ -240,3 +240,39 @@ def test_collect_samples_and_training_hook_on_tiny_model(model, seed):
         window=(2, 1),
     )
     torch.testing.assert_close(res.top_values, ref.values)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fidelity_from_an_activation_cache_equals_the_lm_path(model, seed, tmp_path):
+    """The run's held-out activation cache (written by the training pipeline's writer from the same contexts)
+    gives the same FVU, L0 and density as running the LM, and the spliced loss is the same too."""
+    from matryoshka_ext.data.activations import ActivationSource
+    from matryoshka_ext.training.sources import CachedActivations, write_activation_cache
+
+    sites, toks = gemma_sites(LAYER), _tokens(seed, n=12)
+    n_tokens = int((toks != BOS).sum()) - 5  # not a multiple of anything: the last batch is trimmed
+    src = ActivationSource(model, sites, list(toks), batch_contexts=3, exclude_token_ids=[BOS])
+    path = write_activation_cache(
+        ((b.x, b.y) for b in src), n_tokens, str(tmp_path / "cache"), dtype=torch.float32, progress=False
+    )
+    tc = _sparse_tc(seed)
+    cfg = EvalConfig(n_tokens=n_tokens, splice_tokens=40, batch_contexts=4, splice_batch_contexts=2, chunk_tokens=37)
+    lm = evaluate(tc, model, sites, toks, cfg, exclude_token_ids=[BOS])
+    held = CachedActivations(path, batch_size=1, mode="mmap")
+    cached = evaluate(tc, model, sites, toks, cfg, exclude_token_ids=[BOS], activations=held.ordered_batches(50))
+    assert lm["fidelity_source"] == "language model" and cached["fidelity_source"] == "activation cache"
+    a, b = lm["transcoders"][0], cached["transcoders"][0]
+    assert a["n_tokens"] == b["n_tokens"] == n_tokens
+    for pa, pb in zip(a["prefixes"], b["prefixes"]):
+        for key in ("fvu", "mse", "cosine", "l0_mean"):
+            assert pb[key] == pytest.approx(pa[key], rel=1e-5, abs=1e-7), key
+        for key in ("ce", "delta_ce", "kl"):  # same sub-batches, same forwards
+            assert pb[key] == pytest.approx(pa[key], rel=1e-6, abs=1e-9), key
+    assert b["sparsity"]["dead"] == a["sparsity"]["dead"]
+    assert cached["clean"] == pytest.approx(lm["clean"])
+    # without splicing the model is not needed at all
+    cfg0 = EvalConfig(n_tokens=n_tokens, splice_tokens=0)
+    alone = evaluate(tc, None, sites, None, cfg0, activations=held.ordered_batches(64))
+    assert alone["transcoders"][0]["prefixes"][-1]["fvu"] == pytest.approx(a["prefixes"][-1]["fvu"], rel=1e-5)
+    with pytest.raises(ValueError, match="model and contexts"):
+        evaluate(tc, None, sites, None, cfg)
