@@ -183,6 +183,14 @@ def _register_other_commands() -> None:
         add_export_arguments,
         export_command,
     )
+    from .eval.interp_command import add_interp_arguments, interp_command
+
+    register_command(
+        "interp",
+        "feature absorption per prefix, the latent hierarchy and latent pages (HTML browser) for transcoders",
+        add_interp_arguments,
+        interp_command,
+    )
 
 
 _register_other_commands()
