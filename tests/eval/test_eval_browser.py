@@ -129,3 +129,111 @@ def test_browser_in_headless_chromium(tmp_path):
         assert os.path.getsize(shot) > 5000
     finally:
         driver.quit()
+
+
+def _paged(seed: int = 0):
+    """Samples of 24 latents (groups 8/16/24) with every page extra: histogram, DLA, quantile contexts, hierarchy,
+    an absorption table; built by the real functions from one dense activation matrix."""
+    from matryoshka_ext.eval.absorption import AbsorptionResult, LetterResult, PrefixAbsorption
+    from matryoshka_ext.eval.browser import PageExtras
+    from matryoshka_ext.eval.hierarchy import build_hierarchy
+    from matryoshka_ext.eval.pages import ActivationRecord, histograms, quantile_contexts
+
+    gen = torch.Generator().manual_seed(seed)
+    F, B, T = 24, 6, 24
+    tokens = torch.randint(3, 60, (B, T), generator=gen)
+    tokens[:, 0] = 2
+    keep = tokens != 2
+    R = int(keep.sum())
+    dense = torch.rand(R, F, generator=gen) * (torch.rand(R, F, generator=gen) < 0.25)
+    dense[:, 12] = dense[:, 3] * 0.5  # a planted child: latent 12 fires exactly where 3 does
+    dense[:, 23] = 0
+    acts = SparseActs.from_dense(dense)
+    flat = keep.reshape(-1).nonzero().squeeze(1)
+    col = TopActivationCollector(F, top_n=4, window=(3, 2))
+    col.update(acts, tokens, flat, torch.arange(B))
+    vocab = {str(i): f"w{i}" for i in range(60)}
+    s = col.result([8, 16, 24], {"name": "paged", "vocab": vocab})
+    pos = acts.values > 0
+    rec = ActivationRecord(acts.row_ids()[pos], acts.indices[pos], acts.values[pos], flat, tokens, F)
+    hist, mx = histograms(rec, 12)
+    dla = (
+        torch.randint(3, 60, (F, 5), generator=gen),
+        torch.rand(F, 5, generator=gen),
+        torch.randint(3, 60, (F, 5), generator=gen),
+        -torch.rand(F, 5, generator=gen),
+    )
+    h = build_hierarchy(rec.rows, rec.latents, R, [8, 16, 24], torch.randn(F, 8, generator=gen))
+    letter = LetterResult("a", [3], 0.9, 10, 0.2, 0.2, 0.1, absorbers=[(12, 1)], examples=[("apple", 12)])
+    ab = AbsorptionResult(
+        "paged", 100, {"a": 0.95}, [PrefixAbsorption(1, 8, [letter]), PrefixAbsorption(2, 24, [letter])]
+    )
+    extras = PageExtras(
+        hist=hist,
+        hist_max=mx,
+        dla=dla,
+        quantiles=quantile_contexts(rec, range(F), 4, 1, (3, 2)),
+        hierarchy=h,
+        absorption=ab.to_dict(),
+    )
+    return s, extras, h, hist
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (run scripts/install_browser.sh)")
+def test_latent_pages_in_headless_chromium(tmp_path):
+    """Click a latent: its histogram, DLA tokens, quantile contexts and parent/children render; the links work."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    s, extras, h, hist = _paged()
+    assert int(h.parent[12]) == 3 and abs(float(h.p_parent[12]) - 1.0) < 1e-6
+    page = write_browser(s, str(tmp_path / "pages.html"), extras=extras)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in (*HEADLESS_ARGS, f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(arg)
+    os.environ.setdefault("SE_OFFLINE", "true")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        driver.get("file://" + page)
+        wait = WebDriverWait(driver, 20)
+        # the overview: one row per group, and the absorption tables with latent links
+        wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#overview table.summary")))
+        tables = driver.find_elements(By.CSS_SELECTOR, "#overview table.summary")
+        assert len(tables) == 3 and len(tables[0].find_elements(By.TAG_NAME, "tr")) == 1 + 3
+        driver.find_element(By.CSS_SELECTOR, '#overview a.lat[data-latent="12"]').click()  # an absorber link
+        wait.until(EC.text_to_be_present_in_element((By.ID, "detail-title"), "Latent 12 "))
+
+        bars = driver.find_elements(By.CSS_SELECTOR, "#hist .histogram .bar")
+        assert len(bars) == hist.shape[1]
+        nonempty = [b for b in bars if "empty" not in b.get_attribute("class")]
+        assert len(nonempty) == int((hist[12] > 0).sum()) and all(b.size["height"] >= 1 for b in nonempty)
+        pos = driver.find_elements(By.CSS_SELECTOR, "#dla table.dla-pos td.tok")
+        assert [p.get_attribute("textContent") for p in pos] == [f"w{i}" for i in extras.dla[0][12].tolist()]
+        assert driver.find_elements(By.CSS_SELECTOR, "#quant .context")
+        assert driver.find_elements(By.CSS_SELECTOR, "#contexts .context")
+
+        parent = driver.find_element(By.CSS_SELECTOR, "#nav a.lat.parent")
+        assert parent.text == "3"
+        parent.click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "detail-title"), "Latent 3 "))
+        kids = [
+            int(a.get_attribute("data-latent")) for a in driver.find_elements(By.CSS_SELECTOR, "#nav ul.children a.lat")
+        ]
+        assert kids == h.children(3)[:20] and 12 in kids
+        driver.find_element(By.CSS_SELECTOR, '#nav ul.children a.lat[data-latent="12"]').click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "detail-title"), "Latent 12 "))
+        driver.find_element(By.ID, "summary-btn").click()
+        assert driver.find_element(By.ID, "overview").is_displayed()
+
+        out_dir = os.environ.get("MX_ARTIFACTS") or str(tmp_path)
+        os.makedirs(out_dir, exist_ok=True)
+        driver.find_element(By.CSS_SELECTOR, '#overview a.lat[data-latent="12"]').click()
+        shot = os.path.join(out_dir, "latent_page.png")
+        assert driver.save_screenshot(shot)
+        print(f"\nlatent page screenshot: {shot}")
+    finally:
+        driver.quit()
