@@ -6,7 +6,9 @@
 Modules: ``metrics`` (streaming accumulators and the metric definitions), ``splice`` (spliced next-token loss),
 ``evaluate`` (one token stream, every transcoder scored on each batch), ``report`` (JSON / markdown / plots),
 ``samples`` (top-N contexts per latent, the training hook), ``interp`` (decoder redundancy, co-activation),
-``browser`` (markdown samples report, static HTML feature browser), ``commands`` (CLI entry points).
+``browser`` (markdown samples report, static HTML feature browser), ``commands`` (CLI entry points),
+``absorption`` (first-letter feature absorption per prefix, encoder side), ``hierarchy`` (parents across groups),
+``pages`` (one scan: histograms, quantile contexts, direct logit attribution), ``interp_command`` (``interp``).
 Attributes load lazily: importing this package imports nothing beyond torch.
 """
 
@@ -36,6 +38,10 @@ _EXPORTS = {
     "add_eval_arguments": "commands",
     "add_compare_arguments": "commands",
     "add_samples_arguments": "commands",
+    "absorption_from_activations": "absorption",
+    "measure_absorption": "absorption",
+    "build_hierarchy": "hierarchy",
+    "interp_command": "interp_command",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -21,9 +21,12 @@ activation at the word is the same as here.) Words are split train/test (seeded)
    only; SAEBench's version projects decoder rows onto the probe, which needs the decoder to write into the
    probe's space (true for an SAE, not for a transcoder, whose decoder writes the MLP output).
    - false negative: none of S fires on the word.
+   - absorber candidates: latents outside S that depend on the letter on this word (removing it costs them at
+     least ``dependence`` = half of their activation: e_f >= 0.5 a_f |W_dec[f]|). This stands in for SAEBench's
+     probe-cosine thresholds, which again are decoder-side.
    - absorption fraction (SAEBench's partial + full absorption): with E = sum_f e_f, E_S = sum over S and A the
-     sum of the 3 largest e_f outside S: if E > 0 and A >= 0.4 E, A / (A + E_S), else 0.
-   - full absorption: a false negative where one latent outside S carries >= 0.4 E (E > 0).
+     sum of the 3 largest candidates' e_f: if E > 0 and A >= 0.4 E, A / (A + E_S), else 0.
+   - full absorption: a false negative where one candidate carries >= 0.4 E (E > 0).
    Per letter: rates over its TP words; per prefix: means over scored letters.
 """
 
@@ -53,6 +56,7 @@ class AbsorptionConfig:
     min_probe_f1: float = 0.6
     min_true_positives: int = 5
     proportion: float = 0.4  # share of the letter evidence the absorbers must carry
+    dependence: float = 0.5  # an absorber loses at least this share of its activation without the letter
     max_absorbers: int = 3
     probe_l2: float = 1e-3
     batch_words: int = 256
@@ -108,18 +112,23 @@ def word_activations(model: Any, sites: Any, ids: Sequence[int], batch: int = 25
 
 # ------------------------------------------------------------------------------------------------ probes
 def fit_logistic(
-    X: torch.Tensor, Y: torch.Tensor, l2: float = 1e-3, iters: int = 100
+    X: torch.Tensor, Y: torch.Tensor, l2: float = 1e-3, iters: int = 100, standardize: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Independent class-balanced logistic regressions, batched.
 
     X [c, n, d] (or [n, d], shared by every problem), Y [c, n] in {0, 1} -> (W [c, d], b [c]).
-    Full-batch L-BFGS on the sum of the per-problem losses (the problems share no parameter).
+    Full-batch L-BFGS on the sum of the per-problem losses (the problems share no parameter). ``standardize``
+    fits on z-scored features (for latent activations, whose scales differ); without it the L2 penalty acts on raw
+    weights, as for the ground-truth probe, whose direction is used (a z-scored fit would let rare input
+    dimensions, scaled up, take large raw weights).
     """
     Y = Y.float()
     c = Y.shape[0]
     d = X.shape[-1]
     mu = X.mean(dim=-2, keepdim=True)
     sd = X.std(dim=-2, keepdim=True).clamp_min(1e-6)
+    if not standardize:
+        mu, sd = torch.zeros_like(mu), torch.ones_like(sd)
     Xs = (X - mu) / sd  # standardized: one l2 and one step size fit every feature
     pos = Y.sum(1, keepdim=True).clamp_min(1)
     neg = (Y.shape[1] - Y.sum(1, keepdim=True)).clamp_min(1)
@@ -242,7 +251,7 @@ def absorption_from_activations(
     present = [c for c in range(C) if int(Y[c, tr].sum()) >= 2 and int(Y[c, te].sum()) >= 1]
 
     # 1. ground-truth probes on the input site
-    Wp, bp = fit_logistic(x[tr].float(), Y[:, tr], l2=cfg.probe_l2)
+    Wp, bp = fit_logistic(x[tr].float(), Y[:, tr], l2=cfg.probe_l2, standardize=False)
     probe_fires = (x[te].float() @ Wp.T + bp).T > 0  # [C, n_test]
     probe_f1 = f1_scores(probe_fires, Y[:, te])
     letters = [c for c in present if float(probe_f1[c]) >= cfg.min_probe_f1]
@@ -297,7 +306,7 @@ def absorption_from_activations(
                 else:
                     break
             main = [int(i) for i in top[c, :k_sel].tolist() if torch.isfinite(s[c, i])]
-            out.append(_score_letter(c, main, best, ev[c], e, words, cfg))
+            out.append(_score_letter(c, main, best, ev[c], dec_norm, e, words, cfg))
         prefixes.append(PrefixAbsorption(pi + 1, e, out))
     return AbsorptionResult(
         name or getattr(tc, "name", "transcoder"),
@@ -312,6 +321,7 @@ def _score_letter(
     main: list[int],
     f1: float,
     ev: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    dec_norm: torch.Tensor,
     end: int,
     words: Sequence[str],
     cfg: AbsorptionConfig,
@@ -324,7 +334,9 @@ def _score_letter(
     fn = ~(a[:, m] > 0).any(1)  # [T] no main latent fires
     E = e.sum(1)
     E_main = e[:, m].sum(1)
-    other = e.masked_fill(m[None, :], 0)
+    # absorber candidates: outside S and letter-dependent (they lose >= half their activation without the letter)
+    dependent = e >= cfg.dependence * a.clamp_min(0) * dec_norm[None, :end]
+    other = e.masked_fill(m[None, :] | ~dependent, 0)
     k = min(cfg.max_absorbers, end)
     topv, topi = other.topk(k, dim=1)
     A_sum = topv.sum(1)
