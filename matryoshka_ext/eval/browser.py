@@ -190,6 +190,7 @@ def _extras_data(samples: SampleSet, extras: PageExtras, chosen: list[int], used
             "pp": [round(v, 3) for v in h.p_parent.tolist()],
             "pc": [round(v, 3) for v in h.p_child.tolist()],
             "cos": [None if v != v else round(v, 3) for v in h.parent_cos.tolist()],
+            "lift": [float(f"{v:.3g}") for v in h.lift.tolist()],
             "groups": [
                 {k: (None if isinstance(v, float) and v != v else v) for k, v in g.items()} for g in h.group_summary()
             ],
@@ -349,7 +350,7 @@ function renderNav(f){
   const line = el('div','parent-line');
   if(p>=0){ line.appendChild(el('span',null,'parent: ')); const a=latLink(p); a.classList.add('parent'); line.appendChild(a);
     line.appendChild(el('span',null,' (group '+(L.group[p]+1)+') · P(parent | this) '+fmt(H.pp[f])+
-      ' · P(this | parent) '+fmt(H.pc[f])+' · decoder cosine '+fmt(H.cos[f]))); }
+      ' · P(this | parent) '+fmt(H.pc[f])+' · lift '+fmt(H.lift[f])+' · decoder cosine '+fmt(H.cos[f]))); }
   else line.appendChild(el('span',null, L.group[f]===0 ? 'group 1: no parent (a root)' : 'no parent: never co-fires with an earlier latent'));
   box.appendChild(line);
   const ch = kids[f] || [];
@@ -358,7 +359,7 @@ function renderNav(f){
     const ul = el('ul','children');
     for(const c of ch.slice(0, 20)){
       const li = el('li'); li.appendChild(latLink(c));
-      li.appendChild(el('span','meta',' g'+(L.group[c]+1)+' · P '+fmt(H.pp[c])+' · cos '+fmt(H.cos[c])+' '));
+      li.appendChild(el('span','meta',' g'+(L.group[c]+1)+' · P '+fmt(H.pp[c])+' · lift '+fmt(H.lift[c])+' · cos '+fmt(H.cos[c])+' · density '+fmt(L.density[c])+' '));
       const sn = snippet(c); if(sn) li.appendChild(sn);
       ul.appendChild(li);
     }
@@ -444,11 +445,11 @@ function overview(){
   const rows = D.ends.map((e,g)=>{ let live=0, dsum=0; for(let f=starts[g]; f<e; f++){ if(L.density[f]>0) live++; dsum+=L.density[f]; }
     const r = [g+1, starts[g]+'–'+(e-1), live+' / '+(e-starts[g]), dsum/(e-starts[g])];
     if(G){ const x = G[g]; r.push(x.with_parent===undefined? '–' : x.with_parent, x.mean_p_parent===undefined? '–' : x.mean_p_parent,
-      x.frac_p_parent_over_0_9===undefined? '–' : x.frac_p_parent_over_0_9, x.mean_parent_cos===undefined? '–' : x.mean_parent_cos,
+      x.frac_p_parent_over_0_9===undefined? '–' : x.frac_p_parent_over_0_9, x.median_lift===undefined? '–' : x.median_lift, x.mean_parent_cos===undefined? '–' : x.mean_parent_cos,
       x.frac_parent_in_previous_group===undefined? '–' : x.frac_parent_in_previous_group); }
     return r; });
   const head = ['group','latents','live','mean density'];
-  if(G) head.push('with parent','mean P(parent|child)','share P > 0.9','mean decoder cos to parent','parent in previous group');
+  if(G) head.push('with parent','mean P(parent|child)','share P > 0.9','median lift','mean decoder cos to parent','parent in previous group');
   box.appendChild(table(head, rows));
   const A = X.absorption;
   if(A){

@@ -6,6 +6,8 @@ g) that fires on the most of c's tokens (ties: lower index). Reported per child:
     p_parent [F]     float32 P(parent fires | child fires) over the scanned tokens
     p_child [F]      float32 P(child fires | parent fires)
     parent_cos [F]   float32 cosine of the two decoder rows (NaN without a linear decoder)
+    lift [F]         float32 P(parent | child) / P(parent): how much more often than its base rate the parent fires
+                     with the child (a dense parent co-fires with everything; a high lift is a real dependence)
 The counts come from one sparse product B^T B of the [N, F] 0/1 firing matrix (scipy CSR), so nothing of size
 F x F is dense.
 """
@@ -28,6 +30,7 @@ class Hierarchy:
     p_child: torch.Tensor
     parent_cos: torch.Tensor
     fire_count: torch.Tensor
+    lift: torch.Tensor
 
     def children(self, latent: int) -> list[int]:
         """Children of ``latent``, most dependent first (P(parent | child) descending, then index)."""
@@ -55,6 +58,7 @@ class Hierarchy:
                     median_p_parent=float(pp.median()) if len(pp) else float("nan"),
                     frac_p_parent_over_0_9=float((pp > 0.9).float().mean()) if len(pp) else float("nan"),
                     mean_parent_cos=float(cs.nanmean()) if len(cs) else float("nan"),
+                    median_lift=float(self.lift[a:b][has].median()) if len(pp) else float("nan"),
                     frac_parent_in_previous_group=float(prev.float().mean()) if len(pp) else float("nan"),
                 )
             out.append(row)
@@ -105,6 +109,7 @@ def build_hierarchy(
     p_parent = np.where(has & (fire > 0), co / np.maximum(fire, 1), 0.0)
     pf = fire[np.where(has, parent, 0)]
     p_child = np.where(has, co / np.maximum(pf, 1), 0.0)
+    lift = np.where(has & (pf > 0), p_parent / np.maximum(pf, 1) * n_rows, 0.0)
     cos = torch.full((F,), float("nan"))
     par = torch.from_numpy(parent)
     if W_dec is not None and has.any():
@@ -119,12 +124,16 @@ def build_hierarchy(
         p_child=torch.from_numpy(p_child).float(),
         parent_cos=cos,
         fire_count=torch.from_numpy(fire).long(),
+        lift=torch.from_numpy(lift).float(),
     )
 
 
-def markdown_trees(h: Hierarchy, samples: Any = None, roots: int = 8, depth: int = 3, per_node: int = 4) -> str:
-    """Trees under the group-1 latents with the most descendants; each node with P(parent|child), decoder cosine
-    and (with ``samples``, a SampleSet) its top context."""
+def markdown_trees(
+    h: Hierarchy, samples: Any = None, roots: int = 8, depth: int = 3, per_node: int = 4, min_fires: int = 5
+) -> str:
+    """Trees under the group-1 latents with the most descendants; each node with P(parent|child), lift, decoder
+    cosine and (with ``samples``, a SampleSet) its top context. Children firing on < ``min_fires`` tokens are left
+    out (their P is noise)."""
     from .browser import _md_escape
 
     vocab = samples.vocab() if samples is not None else {}
@@ -147,7 +156,13 @@ def markdown_trees(h: Hierarchy, samples: Any = None, roots: int = 8, depth: int
             desc[p] += 1 + desc[f]
     first = list(range(h.ends[0]))
     first.sort(key=lambda f: (-int(desc[f]), f))
-    lines = ["# Latent hierarchy", "", "P = P(parent fires | child fires); cos = decoder cosine with the parent.", ""]
+    lines = [
+        "# Latent hierarchy",
+        "",
+        "P = P(parent fires | child fires); lift = P / P(parent fires); cos = decoder cosine with the parent; "
+        "children firing on fewer than " + str(min_fires) + " tokens are left out.",
+        "",
+    ]
     for root in first[:roots]:
         if desc[root] == 0:
             break
@@ -156,9 +171,10 @@ def markdown_trees(h: Hierarchy, samples: Any = None, roots: int = 8, depth: int
         def walk(f: int, d: int) -> None:
             if d >= depth:
                 return
-            for ch in h.children(f)[:per_node]:
+            for ch in [c for c in h.children(f) if int(h.fire_count[c]) >= min_fires][:per_node]:
                 lines.append(
-                    "  " * d + f"- {ch} (P {float(h.p_parent[ch]):.2f}, cos {float(h.parent_cos[ch]):.2f}){ctx(ch)}"
+                    "  " * d + f"- {ch} (P {float(h.p_parent[ch]):.2f}, lift {float(h.lift[ch]):.1f}, "
+                    f"cos {float(h.parent_cos[ch]):.2f}, fires {int(h.fire_count[ch])}){ctx(ch)}"
                 )
                 walk(ch, d + 1)
 

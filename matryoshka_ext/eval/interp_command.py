@@ -146,8 +146,8 @@ def interp_markdown(records: list[dict[str, Any]], absorptions: list[Any], meta:
             f"## {r['name']}: groups",
             "",
             "| group | latents | live | with parent | mean P(parent|child) | "
-            "share P > 0.9 | mean dec. cos | parent in previous group |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "share P > 0.9 | median lift | mean dec. cos | parent in previous group |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for g in r["hierarchy"]["groups"]:
 
@@ -157,7 +157,8 @@ def interp_markdown(records: list[dict[str, Any]], absorptions: list[Any], meta:
 
             lines.append(
                 f"| {g['group']} | {g['latents']} | {g['live']} | {f('with_parent')} | {f('mean_p_parent')} | "
-                f"{f('frac_p_parent_over_0_9')} | {f('mean_parent_cos')} | {f('frac_parent_in_previous_group')} |"
+                f"{f('frac_p_parent_over_0_9')} | {f('median_lift')} | {f('mean_parent_cos')} | "
+                f"{f('frac_parent_in_previous_group')} |"
             )
         tm = r["timing"]
         lines += [

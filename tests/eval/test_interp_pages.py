@@ -30,6 +30,7 @@ def test_hierarchy_on_planted_firing():
     assert abs(float(h.p_child[5]) - 2 / 4) < 1e-6  # latent 1 fires on 4 tokens, 2 of them with 5
     assert abs(float(h.parent_cos[5]) - 2**-0.5) < 1e-6 and abs(float(h.parent_cos[6])) < 1e-6
     assert h.children(1) == [5] and h.children(2) == [6]
+    assert abs(float(h.lift[5]) - 1.0 / (4 / 9)) < 1e-5  # P(1 | 5) / P(1)
     g2 = h.group_summary()[1]
     assert g2["with_parent"] == 2 and abs(g2["mean_p_parent"] - 0.875) < 1e-6 and g2["live"] == 3
 
