@@ -488,7 +488,9 @@ def browser_html(
     """The complete page as a string (see ``write_browser``)."""
     data = browser_data(samples, max_latents, contexts_per_latent, extras)
     payload = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
-    payload = payload.replace("</", "<\\/").replace("<!--", "<\\!--")  # cannot close the script element
+    # "<" only occurs inside JSON strings: as \u003c it can neither close the script element nor open a comment
+    # ("<\!--" would, but is not valid JSON: JSON.parse rejected the whole page when a token held "<!--")
+    payload = payload.replace("<", "\\u003c")
     title = html.escape(f"Feature browser — {data['name']}")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>

@@ -38,6 +38,7 @@ def _samples(seed: int = 0):
     F, B, T = 24, 4, 20
     tokens = torch.randint(3, 60, (B, T), generator=gen)
     tokens[:, 0] = 2
+    tokens[:, 2::3] = 8  # "<!-- x" sits in every window
     keep = tokens != 2
     R = int(keep.sum())
     dense = torch.rand(R, F, generator=gen) * (torch.rand(R, F, generator=gen) < 0.2)
@@ -46,6 +47,7 @@ def _samples(seed: int = 0):
     col.update(SparseActs.from_dense(dense), tokens, keep.reshape(-1).nonzero().squeeze(1), torch.arange(B))
     vocab = {str(i): f"w{i}" for i in range(60)}
     vocab["7"] = "</script><b>x\n"  # hostile token text must stay inert
+    vocab["8"] = "<!-- x"  # real vocabularies hold this (Gemma's does); the embedded JSON must still parse
     return col.result([8, 16, 24], {"name": "toy <tc>", "vocab": vocab})
 
 
@@ -71,6 +73,7 @@ def test_browser_html_is_self_contained(tmp_path):
     m = re.search(r'<script id="data" type="application/json">(.*?)</script>', page, re.S)
     data = json.loads(m.group(1))
     assert len(data["latents"]["density"]) == 24 and data["latents"]["has"][23] == 0
+    assert "<!-- x" in data["vocab"].values() and "<!--" not in page
     assert 0 < len(data["contexts"]) <= 10 + 3 * 5  # the seeded sample + the report's top latents
     p = write_browser(s, str(tmp_path / "b.html"))
     assert os.path.getsize(p) > 1000
