@@ -117,6 +117,7 @@ using Csr = std::tuple<Tensor, Tensor, Tensor>;
 #define MX_BACKEND_KERNELS                                                                                       \
 Csr topk_select(const Tensor& pre, int64_t k);                                                                   \
 Csr batch_topk_select(const Tensor& pre, int64_t k);                                                             \
+Csr topk_select_cols(const Tensor& pre, const Tensor& cols, int64_t k);                                          \
 Tensor nested_decode(const Tensor& values, const Tensor& indices, const Tensor& row_offsets, const Tensor& W,    \
                      const c10::optional<Tensor>& bias, IntArrayRef group_ends);                                 \
 Tensor nested_mse(const Tensor& values, const Tensor& indices, const Tensor& row_offsets, const Tensor& W,       \

@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <climits>
+
 #include "common.h"
 
 extern "C" {
@@ -68,9 +70,8 @@ void check_latent_grad_args(const Tensor& S, const Tensor& values, const Tensor&
   check_same_device(S, values, "S", "values");
 }
 
-// Fused encoder: GEMM through ATen (cuBLAS / CPU BLAS), then relu + selection. The N x F pre-activations die
-// here; the backward (registered in Python) needs only the selected entries.
-static Csr encode(const Tensor& x, const Tensor& W_enc, const Tensor& b_enc, int64_t k, bool batch) {
+// Checks of the fused encoder's arguments, before the GEMM; returns F.
+static int64_t check_encode_args(const Tensor& x, const Tensor& W_enc, const Tensor& b_enc, int64_t k) {
   check_float(x, "x");
   check_dim(x, 2, "x", "[N, d_in]");
   check_dim(W_enc, 2, "W_enc", "[d_in, F]");
@@ -88,7 +89,34 @@ static Csr encode(const Tensor& x, const Tensor& W_enc, const Tensor& b_enc, int
   const int64_t f = W_enc.size(1);
   TORCH_CHECK_VALUE(f > 0, "W_enc: no latents (F == 0)");
   TORCH_CHECK_VALUE(k > 0 && k <= f, "k must satisfy 0 < k <= F = ", f, ", got ", k);
-  const Tensor pre = at::addmm(b_enc, x, W_enc);
+  return f;
+}
+
+// `dead` [n_dead] int64: strictly ascending latent ids in [0, F); 0 < aux_k <= n_dead. The content check reads
+// the data (one small reduction and sync on CUDA, where the caller has synced on n_dead already).
+static void check_aux_args(const Tensor& x, const Tensor& dead, int64_t aux_k, int64_t f) {
+  TORCH_CHECK_TYPE(dead.scalar_type() == at::kLong, "dead must be int64 latent ids, got ", dead.scalar_type());
+  check_dim(dead, 1, "dead", "[n_dead]");
+  check_same_device(x, dead, "x", "dead");
+  const int64_t nd = dead.numel();
+  TORCH_CHECK_VALUE(nd > 0 && nd <= f, "dead must hold 1 to F = ", f, " latent ids, got ", nd);
+  TORCH_CHECK_VALUE(aux_k > 0 && aux_k <= nd, "aux_k must satisfy 0 < aux_k <= len(dead) = ", nd, ", got ", aux_k);
+  TORCH_CHECK_VALUE(x.size(0) * aux_k < (int64_t(1) << 62), "aux_k * N overflows");
+  bool ok;
+  if (dead.is_cpu()) {
+    const Tensor d = dead.contiguous();
+    const int64_t* p = d.data_ptr<int64_t>();
+    ok = p[0] >= 0 && p[nd - 1] < f;
+    for (int64_t i = 1; ok && i < nd; ++i) ok = p[i] > p[i - 1];
+  } else {
+    const Tensor ascending = nd > 1 ? (dead.slice(0, 1) > dead.slice(0, 0, nd - 1)).all()
+                                    : at::ones({}, dead.options().dtype(at::kBool));
+    ok = (ascending & (dead.min() >= 0) & (dead.max() < f)).item<bool>();
+  }
+  TORCH_CHECK_VALUE(ok, "dead must be strictly ascending latent ids in [0, F = ", f, ")");
+}
+
+static Csr select(const Tensor& pre, int64_t k, bool batch) {
   if (pre.is_cuda()) {
 #ifdef MX_WITH_CUDA
     return batch ? cuda::batch_topk_select(pre, k) : cuda::topk_select(pre, k);
@@ -97,6 +125,35 @@ static Csr encode(const Tensor& x, const Tensor& W_enc, const Tensor& b_enc, int
 #endif
   }
   return batch ? cpu::batch_topk_select(pre, k) : cpu::topk_select(pre, k);
+}
+
+// Fused encoder: GEMM through ATen (cuBLAS / CPU BLAS), then relu + selection. The N x F pre-activations die
+// here; the backward (registered in Python) needs only the selected entries.
+static Csr encode(const Tensor& x, const Tensor& W_enc, const Tensor& b_enc, int64_t k, bool batch) {
+  check_encode_args(x, W_enc, b_enc, k);
+  return select(at::addmm(b_enc, x, W_enc), k, batch);
+}
+
+// The encoder plus AuxK's selection from the same pre-activations: per row the top aux_k of relu(pre) over the
+// dead columns, read in place (no second GEMM, no gathered copy). Both selections share one backward.
+static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> encode_aux(const Tensor& x, const Tensor& W_enc,
+                                                                           const Tensor& b_enc, int64_t k,
+                                                                           bool batch, const Tensor& dead,
+                                                                           int64_t aux_k) {
+  const int64_t f = check_encode_args(x, W_enc, b_enc, k);
+  check_aux_args(x, dead, aux_k, f);
+  const Tensor pre = at::addmm(b_enc, x, W_enc);
+  auto [v, i, r] = select(pre, k, batch);
+  Csr aux;
+  if (pre.is_cuda()) {
+#ifdef MX_WITH_CUDA
+    TORCH_CHECK_VALUE(f < INT_MAX && dead.numel() < INT_MAX, "W_enc: F = ", f, " too large for the CUDA kernels");
+    aux = cuda::topk_select_cols(pre, dead, aux_k);
+#endif
+  } else {
+    aux = cpu::topk_select_cols(pre, dead, aux_k);
+  }
+  return {v, i, r, std::get<0>(aux), std::get<1>(aux), std::get<2>(aux)};
 }
 
 }  // namespace mx
@@ -109,6 +166,11 @@ TORCH_LIBRARY(matryoshka_ext, m) {
   // relu(x @ W_enc + b_enc) then selection (batch=True: BatchTopK).
   m.def("encode(Tensor x, Tensor W_enc, Tensor b_enc, int k, bool batch) -> "
         "(Tensor values, Tensor indices, Tensor row_offsets)");
+  // encode plus AuxK's selection from the same pre-activations: per row the top aux_k of relu(pre) over the
+  // columns `dead` (int64, strictly ascending), as CSR with column ids; 0 < aux_k <= len(dead).
+  m.def("encode_aux(Tensor x, Tensor W_enc, Tensor b_enc, int k, bool batch, Tensor dead, int aux_k) -> "
+        "(Tensor values, Tensor indices, Tensor row_offsets, Tensor aux_values, Tensor aux_indices, "
+        "Tensor aux_row_offsets)");
   // [m, N, d] in W's dtype: out[i] = bias + sum over entries with index < group_ends[i] of value * W[index].
   m.def("nested_decode(Tensor values, Tensor indices, Tensor row_offsets, Tensor W, Tensor? bias, "
         "int[] group_ends) -> Tensor");
@@ -129,4 +191,5 @@ TORCH_LIBRARY(matryoshka_ext, m) {
 
 TORCH_LIBRARY_IMPL(matryoshka_ext, CompositeExplicitAutograd, m) {
   m.impl("encode", &mx::encode);
+  m.impl("encode_aux", &mx::encode_aux);
 }

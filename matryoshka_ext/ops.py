@@ -41,6 +41,11 @@ def _(x, W_enc, b_enc, k, batch):
     return _fake_csr(x, k)
 
 
+@torch.library.register_fake(f"{_LIB}::encode_aux")
+def _(x, W_enc, b_enc, k, batch, dead, aux_k):
+    return _fake_csr(x, k) + _fake_csr(x, aux_k)
+
+
 @torch.library.register_fake(f"{_LIB}::nested_decode")
 def _(values, indices, row_offsets, W, bias, group_ends):
     return W.new_empty(len(group_ends), row_offsets.shape[0] - 1, W.shape[1])
@@ -116,6 +121,60 @@ def _encode_backward(ctx, grad_values, _gi, _gr):
 
 
 torch.library.register_autograd(f"{_LIB}::encode", _encode_backward, setup_context=_encode_setup)
+
+
+# The AuxK entries' encoder gradient goes through dense [N, n_dead] GEMMs when aux_k * this >= n_dead (at 1/8
+# density and above, two GEMMs over the dead columns beat N * aux_k row gathers), through the sparse kernels
+# otherwise. Either way only the dead columns are touched: nothing of size N x F.
+AUX_DENSE_RATIO = 8
+
+
+def dead_positions(dead: torch.Tensor, indices: torch.Tensor, num_latents: int) -> torch.Tensor:
+    """Position of each latent id of `indices` within the ascending id list `dead` (a table gather, not a search)."""
+    table = torch.zeros(num_latents, dtype=torch.int64, device=dead.device)
+    table[dead] = torch.arange(dead.numel(), device=dead.device)
+    return table[indices]
+
+
+def _encode_aux_setup(ctx, inputs, output):
+    x, W_enc, dead = inputs[0], inputs[1], inputs[5]
+    ctx.save_for_backward(x, W_enc, dead, *output)
+
+
+def _encode_aux_backward(ctx, grad_values, _gi, _gr, grad_aux, _gai, _gar):
+    # Both selections are entries of the same pre = x @ W_enc + b_enc, so dL/dpre is sparse at the union of
+    # their entries; the parts add up (an entry that both selected gets both gradients, as through a dense pre).
+    x, W_enc, dead, values, indices, row_offsets, aux_values, aux_indices, aux_row_offsets = ctx.saved_tensors
+    n, f, n_dead = x.shape[0], W_enc.shape[1], dead.numel()
+    kk = aux_values.numel() // n
+    want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+    g = grad_values * (values > 0)
+    ga = grad_aux * (aux_values > 0)
+    dense = kk * AUX_DENSE_RATIO >= n_dead
+    parts = [(g, indices, row_offsets)] if dense else [(g, indices, row_offsets), (ga, aux_indices, aux_row_offsets)]
+    dx = dWt = db = None
+    if want_x:
+        Wt = W_enc.t().contiguous()
+        dx = sum(_ops.nested_decode(gi, i, r, Wt, None, [f])[0] for gi, i, r in parts)
+    if want_w:
+        grads = [_ops.latent_grad(x.unsqueeze(0), gi, i, r, [f], f, W_enc.dtype) for gi, i, r in parts]
+        dWt, db = grads[0]
+        if len(grads) > 1:
+            dWt, db = dWt + grads[1][0], db + grads[1][1]
+    if dense:
+        # dL/dpre over the dead columns only, [N, n_dead]; its two GEMMs against the dead columns of W_enc and x.
+        cols = dead_positions(dead, aux_indices, f).view(n, kk)
+        G = ga.new_zeros(n, n_dead).scatter_(1, cols, ga.view(n, kk).to(ga.dtype))
+        if want_x:
+            dx = dx.addmm_(G, W_enc[:, dead].t())
+        if want_w:
+            dWt.index_add_(0, dead, G.t() @ x)
+            db.index_add_(0, dead, G.sum(0, dtype=acc_dtype(G.dtype)).to(db.dtype))
+    dW = dWt.t() if dWt is not None else None
+    return dx, dW, db, None, None, None, None
+
+
+torch.library.register_autograd(f"{_LIB}::encode_aux", _encode_aux_backward, setup_context=_encode_aux_setup)
 
 
 def _decoder_grads(ctx, S, values, indices, row_offsets, W):
@@ -259,6 +318,31 @@ def encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int, mo
     _same_device(x=x, W_enc=W_enc, b_enc=b_enc)
     values, indices, row_offsets = _ops.encode(x, W_enc, b_enc, _k(k), mode == "batch")
     return SparseActs(values, indices, row_offsets, W_enc.shape[1])
+
+
+def encode_aux(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    k: int,
+    mode: str,
+    dead: torch.Tensor,
+    aux_k: int,
+) -> tuple[SparseActs, SparseActs]:
+    """encode() plus AuxK's selection from the same pre-activations, with one sparse backward for both.
+
+    dead [n_dead] int64: strictly ascending latent ids; 0 < aux_k <= n_dead. Returns (acts, aux_acts), both
+    SparseActs [N, F]; aux_acts holds per row the top aux_k of relu(pre) over the dead columns (indices are
+    latent ids, ascending; ties: lower id), so it decodes against the full W_dec.
+    """
+    if mode not in ("row", "batch"):
+        raise ValueError(f"mode must be 'row' or 'batch', got {mode!r}")
+    for name, t in (("x", x), ("W_enc", W_enc), ("b_enc", b_enc), ("dead", dead)):
+        _tensor(t, name)
+    _same_device(x=x, W_enc=W_enc, b_enc=b_enc, dead=dead)
+    out = _ops.encode_aux(x, W_enc, b_enc, _k(k), mode == "batch", dead, _int_arg(aux_k, "aux_k"))
+    f = W_enc.shape[1]
+    return SparseActs(*out[:3], f), SparseActs(*out[3:], f)
 
 
 def nested_decode(

@@ -55,6 +55,23 @@ def encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int, mo
     return topk(pre, k) if mode == "row" else batch_topk(pre, k)
 
 
+def encode_aux(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    k: int,
+    mode: str,
+    dead: torch.Tensor,
+    aux_k: int,
+) -> tuple[SparseActs, SparseActs]:
+    """encode() plus AuxK's selection: per row the top aux_k of relu(pre) over the columns `dead` (ascending
+    latent ids) -> (acts [N, F], aux_acts [N, F] with aux_k entries per row, indices = latent ids)."""
+    pre = torch.addmm(b_enc, x, W_enc)
+    acts = topk(pre, k) if mode == "row" else batch_topk(pre, k)
+    sub = topk(pre[:, dead], aux_k)
+    return acts, SparseActs(sub.values, dead[sub.indices], sub.row_offsets, W_enc.shape[1])
+
+
 def _prefix_decodes(acts: SparseActs, W: torch.Tensor, bias: torch.Tensor, group_ends: Sequence[int]) -> list:
     """[N, d] reconstruction per prefix end, in W's dtype: bias + sum of value * W[index] over nonzero entries."""
     acts.validate()

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import auxk
 from .config import TranscoderConfig
 from .sparse import SparseActs
 
@@ -44,9 +45,6 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT = "matryoshka-ext-transcoder"
 _FP32_BUFFERS = ("x_scale", "y_scale", "threshold")
-# AuxK runs on dense [N, n_dead] tensors when aux_k * AUX_DENSE_RATIO >= n_dead (benchmarks/RESULTS.md: at
-# 1/8 density and above, GEMMs beat the sparse gather kernels on both CPU and GPU); sparse ops otherwise.
-AUX_DENSE_RATIO = 8
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -249,7 +247,12 @@ class MatryoshkaTranscoder(nn.Module):
         W_enc, b_enc, W_dec, b_dec = (p.to(dt) for p in (self.W_enc, self.b_enc, self.W_dec, self.b_dec))
         ends = cfg.group_ends
 
-        acts = ops.encode(xs, W_enc, b_enc, cfg.k, mode=cfg.selection)
+        dead = self.tokens_since_fired >= cfg.dead_tokens
+        aux_plan = auxk.plan(dead, cfg.aux_k, cfg.aux_penalty)
+        if aux_plan is None:
+            acts = ops.encode(xs, W_enc, b_enc, cfg.k, mode=cfg.selection)
+        else:  # one GEMM serves both selections
+            acts, aux_acts = ops.encode_aux(xs, W_enc, b_enc, cfg.k, cfg.selection, aux_plan.dead, aux_plan.aux_k)
         acc = _acc(dt)
         mse = ops.nested_mse(acts, W_dec, b_dec, ys, ends).to(acc)
         loss = (self.prefix_weights.to(acc) * mse).sum()
@@ -264,32 +267,13 @@ class MatryoshkaTranscoder(nn.Module):
             l0 = positive.sum().float() / max(x.shape[0], 1)
             fired = det.indices[positive]
             prefix_l0 = torch.stack([(fired < e).sum() for e in ends]).float() / max(x.shape[0], 1)
-            dead = self.tokens_since_fired >= cfg.dead_tokens
             num_dead = dead.sum()
 
         aux = torch.zeros((), device=x.device, dtype=acc)
-        if cfg.aux_k > 0 and cfg.aux_penalty > 0:
-            dead_idx = dead.nonzero().squeeze(1)
-            n_dead = dead_idx.numel()
-            if n_dead > 0:
-                pre_dead = torch.addmm(b_enc[dead_idx], xs, W_enc[:, dead_idx])
-                kk = min(cfg.aux_k, n_dead)
-                aux_acts = ops.topk(pre_dead, kk)
-                residual = (yf - recon_s).to(dt)  # detached: AuxK only moves dead latents
-                if kk * AUX_DENSE_RATIO >= n_dead:
-                    # Same loss, dense layout: with aux_k a sizeable share of the dead columns (e.g. 320 of 819)
-                    # two GEMMs beat N * aux_k row gathers several times over, forward and backward.
-                    N = x.shape[0]
-                    vals = aux_acts.values
-                    dense = torch.zeros(N, n_dead, device=x.device, dtype=vals.dtype).scatter(
-                        1, aux_acts.indices.view(N, kk), vals.view(N, kk)
-                    )
-                    aux_mse = ((dense @ W_dec[dead_idx].to(vals.dtype)).to(acc) - residual.to(acc)).pow(2).mean()
-                else:
-                    zero_bias = torch.zeros(cfg.d_out, device=x.device, dtype=dt)
-                    aux_mse = ops.nested_mse(aux_acts, W_dec[dead_idx], zero_bias, residual, [n_dead])[0]
-                aux = cfg.aux_penalty * aux_mse.to(acc)
-                loss = loss + aux
+        if aux_plan is not None:
+            residual = (yf - recon_s).to(dt)  # detached: AuxK only moves dead latents
+            aux = cfg.aux_penalty * auxk.aux_mse(aux_acts, W_dec, aux_plan.dead, residual)
+            loss = loss + aux
 
         if update:
             self.update_stats(det, x.shape[0])

@@ -29,8 +29,11 @@ inline T relu_value(T v) {
   return (f > 0 || std::isnan(f)) ? v : T(0);
 }
 
-template <typename T>
-void topk_rows(const T* pre, int64_t n, int64_t f, int64_t k, T* values, int64_t* indices) {
+// Per row of pre [n, ld], the top k over the columns col(0..f-1) (ascending), reported by column id: the plain
+// TopK with col(j) = j, or AuxK's selection over the dead columns only (col = a column list), which reads those
+// columns of the encoder's pre-activations in place instead of gathering them into a copy.
+template <typename T, typename Col>
+void topk_rows(const T* pre, int64_t n, int64_t ld, int64_t f, int64_t k, Col col, T* values, int64_t* indices) {
   using K = key_type_t<T>;
   struct Item {
     K key;
@@ -42,9 +45,9 @@ void topk_rows(const T* pre, int64_t n, int64_t f, int64_t k, T* values, int64_t
     std::vector<Item> heap;
     heap.reserve(k);
     for (int64_t r = r0; r < r1; ++r) {
-      const T* row = pre + r * f;
+      const T* row = pre + r * ld;
       heap.clear();
-      for (int64_t j = 0; j < k; ++j) heap.push_back({relu_key(row[j]), j});
+      for (int64_t j = 0; j < k; ++j) heap.push_back({relu_key(row[col(j)]), j});
       std::make_heap(heap.begin(), heap.end(), better);
       // Most entries lose against the current k-th best: test blocks of 16 with a branch-free float compare
       // (!(v <= t) also lets NaN through) and take the exact key path only for blocks with a candidate.
@@ -64,10 +67,10 @@ void topk_rows(const T* pre, int64_t n, int64_t f, int64_t k, T* values, int64_t
           t = worst == K(0) ? acc_t(0) : static_cast<acc_t>(tv);
         }
         bool any = false;
-        for (int64_t j = j0; j < j1; ++j) any |= !(static_cast<acc_t>(row[j]) <= t);
+        for (int64_t j = j0; j < j1; ++j) any |= !(static_cast<acc_t>(row[col(j)]) <= t);
         if (!any) continue;
         for (int64_t j = j0; j < j1; ++j) {
-          const K key = relu_key(row[j]);
+          const K key = relu_key(row[col(j)]);
           // A later index with an equal key never displaces: ties keep the lower index.
           if (key > heap.front().key) {
             std::pop_heap(heap.begin(), heap.end(), better);
@@ -78,8 +81,9 @@ void topk_rows(const T* pre, int64_t n, int64_t f, int64_t k, T* values, int64_t
       }
       std::sort(heap.begin(), heap.end(), [](const Item& a, const Item& b) { return a.idx < b.idx; });
       for (int64_t j = 0; j < k; ++j) {
-        indices[r * k + j] = heap[j].idx;
-        values[r * k + j] = relu_value(row[heap[j].idx]);
+        const int64_t c = col(heap[j].idx);
+        indices[r * k + j] = c;
+        values[r * k + j] = relu_value(row[c]);
       }
     }
   });
@@ -282,8 +286,23 @@ Csr topk_select(const Tensor& pre_in, int64_t k) {
   auto values = at::empty({n * k}, pre.options());
   auto indices = at::empty({n * k}, pre.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "topk_select", [&] {
-    topk_rows<scalar_t>(pre.data_ptr<scalar_t>(), n, f, k, values.data_ptr<scalar_t>(),
-                        indices.data_ptr<int64_t>());
+    topk_rows<scalar_t>(pre.data_ptr<scalar_t>(), n, f, f, k, [](int64_t j) { return j; },
+                        values.data_ptr<scalar_t>(), indices.data_ptr<int64_t>());
+  });
+  auto row_offsets = at::arange(0, n * k + 1, k, pre.options().dtype(at::kLong));
+  return {values, indices, row_offsets};
+}
+
+Csr topk_select_cols(const Tensor& pre_in, const Tensor& cols_in, int64_t k) {
+  const int64_t n = pre_in.size(0), f = pre_in.size(1), fc = cols_in.numel();
+  const Tensor pre = pre_in.contiguous();
+  const Tensor cols = cols_in.contiguous();
+  auto values = at::empty({n * k}, pre.options());
+  auto indices = at::empty({n * k}, pre.options().dtype(at::kLong));
+  const int64_t* c = cols.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "topk_select_cols", [&] {
+    topk_rows<scalar_t>(pre.data_ptr<scalar_t>(), n, f, fc, k, [c](int64_t j) { return c[j]; },
+                        values.data_ptr<scalar_t>(), indices.data_ptr<int64_t>());
   });
   auto row_offsets = at::arange(0, n * k + 1, k, pre.options().dtype(at::kLong));
   return {values, indices, row_offsets};

@@ -36,7 +36,7 @@ constexpr int vec_of() {
 // multiple of VEC (row length and base pointer checked on the host).
 template <int VEC, typename T>
 __device__ __forceinline__ void load_keys(const T* __restrict__ row, int i0, int n, bool aligned,
-                                          key_t<T> (&keys)[VEC]) {
+                                          key_t<T> (&keys)[VEC], const int64_t* __restrict__ cols = nullptr) {
   if (aligned && n == VEC) {
     T t[VEC];
     load_raw<VEC>(row + i0, t);
@@ -44,7 +44,7 @@ __device__ __forceinline__ void load_keys(const T* __restrict__ row, int i0, int
     for (int j = 0; j < VEC; ++j) keys[j] = relu_key(t[j]);
   } else {
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) keys[j] = j < n ? relu_key(row[i0 + j]) : key_t<T>(0);
+    for (int j = 0; j < VEC; ++j) keys[j] = j < n ? relu_key(row[cols ? cols[i0 + j] : i0 + j]) : key_t<T>(0);
   }
 }
 
@@ -99,7 +99,8 @@ __device__ __forceinline__ void find_digit(const C* hist, C remaining, typename 
 template <typename T, int THREADS, int VEC, typename Scan, typename Sink>
 __device__ __forceinline__ void compact_row(const T* __restrict__ row, int F, bool aligned, const key_t<T>* cand_key,
                                             const int* cand_idx, int ncand, int shift, key_t<T> P, int L,
-                                            int limit, typename Scan::TempStorage& tmp, Sink sink) {
+                                            int limit, typename Scan::TempStorage& tmp, Sink sink,
+                                            const int64_t* __restrict__ cols = nullptr) {
   using K = key_t<T>;
   constexpr int kTile = THREADS * VEC;
   const bool from_smem = cand_key != nullptr;
@@ -113,7 +114,7 @@ __device__ __forceinline__ void compact_row(const T* __restrict__ row, int F, bo
 #pragma unroll
       for (int j = 0; j < VEC; ++j) keys[j] = j < nv ? cand_key[i0 + j] : K(0);
     } else {
-      load_keys<VEC>(row, i0, nv, aligned, keys);
+      load_keys<VEC>(row, i0, nv, aligned, keys, cols);
     }
     unsigned int gt = 0, eq = 0;
 #pragma unroll
@@ -159,8 +160,8 @@ __device__ __forceinline__ void compact_row(const T* __restrict__ row, int F, bo
 // run on them. Rows that never fit (ties at 0, k near F) stay on the global path: slower, same result.
 template <typename T, int THREADS>
 __global__ void __launch_bounds__(THREADS)
-    topk_rows_kernel(const T* __restrict__ pre, int F, int k, bool aligned, T* __restrict__ out_v,
-                     int64_t* __restrict__ out_i) {
+    topk_rows_kernel(const T* __restrict__ pre, int F, int64_t ld, const int64_t* __restrict__ cols, int k,
+                     bool aligned, T* __restrict__ out_v, int64_t* __restrict__ out_i) {
   using K = key_t<T>;
   constexpr int VEC = vec_of<T>();
   constexpr int kTile = THREADS * VEC;
@@ -178,7 +179,9 @@ __global__ void __launch_bounds__(THREADS)
   __shared__ int s_digit, s_above;
 
   const int64_t r = blockIdx.x;
-  const T* row = pre + r * F;
+  // Row r of pre [n, ld]; cols (AuxK: the dead columns, ascending, aligned == false) maps item i to column
+  // cols[i], else item i is column i. Items are ranked and tie-broken by i, reported by column.
+  const T* row = pre + r * ld;
   K prefix = 0;
   int shift = kBitsK, remaining = k, ncand = -1;  // ncand >= 0: candidates live in shared memory
   while (shift > 0) {
@@ -198,8 +201,8 @@ __global__ void __launch_bounds__(THREADS)
         const int ia = base + threadIdx.x * VEC, ib = ia + kTile;
         const int na = clamp_n(int64_t(F) - ia, VEC), nb = clamp_n(int64_t(F) - ib, VEC);
         K ka[VEC], kb[VEC];
-        load_keys<VEC>(row, ia, na, aligned, ka);
-        load_keys<VEC>(row, ib, nb, aligned, kb);
+        load_keys<VEC>(row, ia, na, aligned, ka, cols);
+        load_keys<VEC>(row, ib, nb, aligned, kb, cols);
 #pragma unroll
         for (int j = 0; j < VEC; ++j)
           if (j < na) hist_add(ka[j], shift, nshift, prefix, mask, hist, zeros);
@@ -226,7 +229,8 @@ __global__ void __launch_bounds__(THREADS)
             [&](int pos, K key, int idx) {
               cand_key[pos] = key;
               cand_idx[pos] = idx;
-            });
+            },
+            cols);
         ncand = total;
         __syncthreads();
       }
@@ -237,10 +241,13 @@ __global__ void __launch_bounds__(THREADS)
   int64_t* oi = out_i + r * k;
   const bool in_smem = ncand >= 0;
   compact_row<T, THREADS, VEC, ScanLL>(row, F, aligned, in_smem ? cand_key : nullptr, in_smem ? cand_idx : nullptr,
-                                       ncand, 0, prefix, remaining, k, scan.ll, [&](int pos, K, int idx) {
-                                         oi[pos] = idx;
-                                         ov[pos] = relu_value(row[idx]);
-                                       });
+                                       ncand, 0, prefix, remaining, k, scan.ll,
+                                       [&](int pos, K, int idx) {
+                                         const int64_t c = cols ? cols[idx] : idx;
+                                         oi[pos] = c;
+                                         ov[pos] = relu_value(row[c]);
+                                       },
+                                       cols);
 }
 
 // ---- BatchTopK ------------------------------------------------------------------------------------------------
@@ -408,8 +415,28 @@ Csr topk_select(const Tensor& pre_in, int64_t k) {
   const bool aligned = rows_aligned(pre);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "mx_topk_select_cuda", [&] {
     MX_LAUNCH(static_cast<unsigned>(n), kRowThreads, 0, stream, topk_rows_kernel<scalar_t, kRowThreads>)(
-        pre.data_ptr<scalar_t>(), static_cast<int>(f), static_cast<int>(k), aligned, values.data_ptr<scalar_t>(),
-        indices.data_ptr<int64_t>());
+        pre.data_ptr<scalar_t>(), static_cast<int>(f), f, nullptr, static_cast<int>(k), aligned,
+        values.data_ptr<scalar_t>(), indices.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  auto row_offsets = at::arange(0, n * k + 1, k, pre.options().dtype(at::kLong));
+  return {values, indices, row_offsets};
+}
+
+// AuxK's selection: per row the top k of relu(pre) over the columns `cols` (int64, strictly ascending, in
+// [0, F); checked on the host), read in place from the encoder's pre-activations. Indices are column ids.
+Csr topk_select_cols(const Tensor& pre_in, const Tensor& cols_in, int64_t k) {
+  const int64_t n = pre_in.size(0), f = pre_in.size(1), fc = cols_in.numel();
+  c10::cuda::CUDAGuard guard(pre_in.device());
+  const Tensor pre = pre_in.contiguous();
+  const Tensor cols = cols_in.contiguous();
+  auto values = at::empty({n * k}, pre.options());
+  auto indices = at::empty({n * k}, pre.options().dtype(at::kLong));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "mx_topk_select_cols_cuda", [&] {
+    MX_LAUNCH(static_cast<unsigned>(n), kRowThreads, 0, stream, topk_rows_kernel<scalar_t, kRowThreads>)(
+        pre.data_ptr<scalar_t>(), static_cast<int>(fc), f, cols.data_ptr<int64_t>(), static_cast<int>(k), false,
+        values.data_ptr<scalar_t>(), indices.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   auto row_offsets = at::arange(0, n * k + 1, k, pre.options().dtype(at::kLong));
