@@ -7,6 +7,7 @@
 TORCH_LIBRARY(mx_emu, m) {
   m.def("topk_select(Tensor pre, int k) -> (Tensor values, Tensor indices, Tensor row_offsets)");
   m.def("batch_topk_select(Tensor pre, int k) -> (Tensor values, Tensor indices, Tensor row_offsets)");
+  m.def("topk_select_cols(Tensor pre, Tensor cols, int k) -> (Tensor values, Tensor indices, Tensor row_offsets)");
   m.def("nested_decode(Tensor values, Tensor indices, Tensor row_offsets, Tensor W, Tensor? bias, "
         "int[] group_ends) -> Tensor");
   m.def("nested_mse(Tensor values, Tensor indices, Tensor row_offsets, Tensor W, Tensor bias, Tensor target, "
@@ -21,6 +22,7 @@ TORCH_LIBRARY(mx_emu, m) {
 TORCH_LIBRARY_IMPL(mx_emu, CPU, m) {
   m.impl("topk_select", &mx::cuda::topk_select);
   m.impl("batch_topk_select", &mx::cuda::batch_topk_select);
+  m.impl("topk_select_cols", &mx::cuda::topk_select_cols);
   m.impl("nested_decode", &mx::cuda::nested_decode);
   m.impl("nested_mse", &mx::cuda::nested_mse);
   m.impl("nested_mse_backward", &mx::cuda::nested_mse_backward);
