@@ -133,6 +133,11 @@ class TranscoderConfig(_Base):
         "'unit_rms' (E||.||^2 = width, i.e. mean squared entry 1) or 'none'",
         default="unit_mean_squared_norm",
     )
+    skip_connection: bool = _help(
+        "affine skip path: y_hat = decode(encode(x)) + x @ W_skip for every prefix (W_skip [d_in, d_out], trained, "
+        "zero-initialised; as in Gemma Scope 2 and sparsify skip transcoders)",
+        default=False,
+    )
 
     def __post_init__(self) -> None:
         _check_types(self)

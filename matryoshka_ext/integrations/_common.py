@@ -6,10 +6,14 @@ and computes the same function, so exports go through one intermediate, ``JumpRe
     pre = x @ W_enc + b_enc            x [N, d_in], W_enc [d_in, F], b_enc [F]
     a   = pre * (pre > threshold)      threshold [F] (>= 0, so this equals every peer's relu(pre) * (pre > threshold))
     y   = a @ W_dec + b_dec            W_dec [F, d_out], b_dec [d_out]
+          (+ x @ W_skip)               W_skip [d_in, d_out]: the affine skip path of skip transcoders, or None
 
-Our ``MatryoshkaTranscoder`` gets there through ``folded_state_dict`` (activation scales folded in, the running
-threshold broadcast to one value per latent). Loaded ``SparseTranscoder``s (Gemma Scope, SAELens) qualify when
-they are JumpReLU/ReLU without input bias or skip connection, so the exporters also convert those.
+Our ``MatryoshkaTranscoder`` gets there through ``folded_state_dict`` (activation scales folded in, W_skip
+included, the running threshold broadcast to one value per latent). Loaded ``SparseTranscoder``s (Gemma Scope,
+SAELens) qualify when they are JumpReLU/ReLU without input bias, so the exporters also convert those.
+Skip matrices: SAELens (``jumprelu_skip_transcoder``, ``W_skip [d_out, d_in]``) and circuit-tracer (``W_skip
+[d_out, d_in]`` in each layer file) store them; dictionary_learning has no place for one, and its exporter raises
+(``require_no_skip``) rather than write a transcoder that computes something else.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class JumpReLUWeights:
     W_dec: torch.Tensor
     b_dec: torch.Tensor
     threshold: torch.Tensor
+    W_skip: torch.Tensor | None = None
     group_sizes: list[int] | None = None
     k: int | None = None
     layer: int | None = None
@@ -104,6 +109,16 @@ class JumpReLUWeights:
             )
         return self.layer, self.input_hook, self.output_hook
 
+    def require_no_skip(self, what: str, argument: str = "transcoder") -> None:
+        """Raise ValueError when these weights have a skip matrix: ``what`` (an export) has no place for it."""
+        if self.W_skip is not None:
+            raise ValueError(
+                f"{what}: the {argument} argument ({self.name!r}) is a skip transcoder (affine skip connection "
+                f"W_skip [{self.d_in}, {self.d_out}], transcoder.skip_connection=true) and this format has no place "
+                "for W_skip; without it the export would compute another function. Export it to saelens or "
+                "circuit-tracer, which store W_skip."
+            )
+
     def require_layer(self, what: str) -> int:
         if self.layer is None:
             raise ValueError(f"{what}: the layer of {self.name!r} is unknown; pass layer=L (CLI: --layer L)")
@@ -128,13 +143,15 @@ class JumpReLUWeights:
         """A CPU copy with the weights cast to ``dtype`` (threshold to ``threshold_dtype``, default float32)."""
         cast = {n: getattr(self, n).to("cpu", dtype).contiguous() for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
         thr = self.threshold.to("cpu", threshold_dtype or torch.float32).contiguous()
-        return replace(self, threshold=thr, **cast)
+        skip = None if self.W_skip is None else self.W_skip.to("cpu", dtype).contiguous()
+        return replace(self, threshold=thr, W_skip=skip, **cast)
 
     def reference_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(a [N, F], y [N, d_out]) in float64 by the formula above: the oracle the export tests compare to."""
         pre = x.double() @ self.W_enc.double() + self.b_enc.double()
         a = pre * (pre > self.threshold.double())
-        return a, a @ self.W_dec.double() + self.b_dec.double()
+        y = a @ self.W_dec.double() + self.b_dec.double()
+        return a, y if self.W_skip is None else y + x.double() @ self.W_skip.double()
 
 
 def jumprelu_weights(
@@ -152,7 +169,8 @@ def jumprelu_weights(
     SAELens / Gemma Scope files), a ``MatryoshkaTranscoder``, or a loaded ``BaseTranscoder``. Sites come from the
     arguments, else from the transcoder's metadata (run config, SAELens cfg); a ``layer`` alone gives the Gemma
     Scope sites of that layer. Raises ValueError for transcoders no peer format can represent (TopK selection at
-    inference, an input bias, a skip connection, negative thresholds).
+    inference, an input bias, negative thresholds). A skip matrix is kept (``W_skip``, raw units): each exporter
+    writes it or refuses.
     """
     from ..loaders import BaseTranscoder, MatryoshkaAdapter, SparseTranscoder, load_transcoder
     from ..transcoder import MatryoshkaTranscoder
@@ -181,6 +199,7 @@ def jumprelu_weights(
             W_dec=sd["W_dec"],
             b_dec=sd["b_dec"],
             threshold=thr,
+            W_skip=sd.get("W_skip"),
             group_sizes=list(model.cfg.group_sizes),
             k=int(model.cfg.k),
             name=name,
@@ -236,8 +255,6 @@ def _from_sparse(tc: Any, name: str) -> JumpReLUWeights:
         raise ValueError(f"{name}: activation {tc.activation!r} (top-k selection) has no JumpReLU equivalent")
     if tc.input_bias is not None:
         raise ValueError(f"{name}: an input bias (SAE apply_b_dec_to_input) is not a transcoder; not exported")
-    if tc.W_skip is not None:
-        raise ValueError(f"{name}: skip connections are not supported by these exports")
     F = tc.num_latents
     thr = torch.zeros(F) if tc.activation == "relu" else tc.threshold.float().reshape(-1).expand(F).clone()
     ends = tc.prefix_ends
@@ -248,6 +265,7 @@ def _from_sparse(tc: Any, name: str) -> JumpReLUWeights:
         W_dec=tc.W_dec.detach().cpu(),
         b_dec=tc.b_dec.detach().cpu(),
         threshold=thr.cpu(),
+        W_skip=None if tc.W_skip is None else tc.W_skip.detach().cpu(),
         group_sizes=sizes,
         k=None,
         name=name,

@@ -4,14 +4,17 @@
                              relative to ``blocks.{layer}``, e.g. ``ln2.hook_normalized`` / ``hook_mlp_out``),
                              model_name, scan, and our metadata
     layer_{i}.safetensors    W_enc [F, d_model] (transposed: circuit-tracer computes F.linear(x, W_enc, b_enc)),
-                             b_enc [F], W_dec [F, d_model], b_dec [d_model], activation_function.threshold [F]
+                             b_enc [F], W_dec [F, d_model], b_dec [d_model], activation_function.threshold [F],
+                             and for skip transcoders W_skip [d_model, d_model] (output x input: circuit-tracer
+                             adds input_acts @ W_skip.T, so it stores the transpose of our [d_in, d_out])
 
 This is the layout ``circuit_tracer.transcoder.load_transcoder_set`` / ``load_relu_transcoder`` read (the
 ``activation_function.threshold`` key selects its ``JumpReLU``: ``x * (x > threshold)``, exactly ours), the
 layout of its local cache (``load_transcoders_from_cache``) and of hub repos without a ``transcoders`` list,
 so uploading the folder as a repo makes ``ReplacementModel.from_pretrained(model, "user/repo")`` work.
 circuit-tracer transcoders map d_model -> d_model, and a ``TranscoderSet`` needs one transcoder for every layer
-0..n_layers-1; exporting fewer layers writes loadable files but a set only circuit-tracer's single-layer loader
+0..n_layers-1 and reads ``skip_connection`` off layer 0 (so a set is all skip transcoders or none); exporting
+fewer layers writes loadable files but a set only circuit-tracer's single-layer loader
 (``load_relu_transcoder``) can use, and ``export_circuit_tracer`` says so in ``config.yaml`` (``complete``).
 """
 
@@ -75,6 +78,12 @@ def export_circuit_tracer(
         if w.d_in != w.d_out:
             raise ValueError(f"circuit-tracer transcoders map d_model -> d_model; layer {lay} is {w.d_in}->{w.d_out}")
         weights[lay] = w
+    skips = {lay for lay, w in weights.items() if w.W_skip is not None}
+    if skips and skips != set(weights):
+        raise ValueError(
+            f"circuit-tracer export: layers {sorted(skips)} have a skip connection (W_skip) and layers "
+            f"{sorted(set(weights) - skips)} do not; a circuit-tracer TranscoderSet is all skip transcoders or none"
+        )
     hooks = {(_relative_hook(w.input_hook, lay), _relative_hook(w.output_hook, lay)) for lay, w in weights.items()}
     if len(hooks) != 1:
         raise ValueError(f"circuit-tracer export: every layer must use the same relative hooks, got {sorted(hooks)}")
@@ -92,6 +101,8 @@ def export_circuit_tracer(
             "b_dec": w.b_dec,
             "activation_function.threshold": w.threshold.to(w.W_enc.dtype),
         }
+        if w.W_skip is not None:
+            tensors["W_skip"] = w.W_skip.t().contiguous()  # [d_model out, d_model in]
         save_file(tensors, os.path.join(out, layer_file(lay)), metadata={"format": "circuit-tracer-plt"})
     first = weights[layers[0]]
     config = {

@@ -14,6 +14,7 @@ from ``config.json["trainer"]["dict_class"]`` (``dictionary_learning.utils.load_
 
 Both classes have one ``activation_dim``, so d_in must equal d_out (true for MLP transcoders). ``decode`` then
 predicts the *output* site (``config.json`` records both hooks): use it as a transcoder, not as an SAE.
+Neither class has a skip matrix: exporting a skip transcoder raises ValueError (``require_no_skip``), never drops it.
 We write with ``torch.save`` of tensors only (no pickled objects); we never ``torch.load`` peer files ourselves
 except with ``weights_only=True`` (``load_dictionary_learning``).
 """
@@ -36,6 +37,7 @@ DICT_CLASSES = ("MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder")
 
 def dictionary_learning_state(w: JumpReLUWeights, dict_class: str) -> dict[str, torch.Tensor]:
     """The ``ae.pt`` state dict of ``w`` for ``dict_class`` (see the module docstring)."""
+    w.require_no_skip("dictionary_learning export")
     if w.d_in != w.d_out:
         raise ValueError(f"dictionary_learning dictionaries have one activation_dim; this is {w.d_in}->{w.d_out}")
     if dict_class == "JumpReluAutoEncoder":

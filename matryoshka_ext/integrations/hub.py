@@ -69,6 +69,8 @@ def build_hub_folder(
 
 def _model_card(rows: list[tuple[int, Any]], repo_id: str) -> str:
     w0 = rows[0][1]
+    skip = any(w.W_skip is not None for _, w in rows)
+    layout = "`jumprelu_skip_transcoder` (with an affine skip connection W_skip)" if skip else "`jumprelu_transcoder`"
     lines = [
         "---",
         "library_name: saelens",
@@ -79,7 +81,7 @@ def _model_card(rows: list[tuple[int, Any]], repo_id: str) -> str:
         "",
         "JumpReLU transcoders trained with [matryoshka-ext](https://pypi.org/project/matryoshka-ext/): each reads",
         "the MLP input site and predicts the MLP output site; latents form nested groups, so every prefix of the",
-        "dictionary is itself a transcoder. Stored in the SAELens `jumprelu_transcoder` layout.",
+        f"dictionary is itself a transcoder. Stored in the SAELens {layout} layout.",
         "",
         "| folder | input hook | output hook | d_in -> d_out | latents | Matryoshka prefix ends |",
         "|---|---|---|---|---|---|",
@@ -94,7 +96,7 @@ def _model_card(rows: list[tuple[int, Any]], repo_id: str) -> str:
         "",
         "```python",
         "from sae_lens import SAE",
-        f'sae = SAE.from_pretrained("{repo_id}", "layer_{lay}")   # JumpReLUTranscoder',
+        f'sae = SAE.from_pretrained("{repo_id}", "layer_{lay}")   # JumpReLU{"Skip" if skip else ""}Transcoder',
         "# or, with matryoshka-ext (per-prefix decoding):",
         "import matryoshka_ext as mx",
         f'tc = mx.load_transcoder("hf:{repo_id}/layer_{lay}")',

@@ -69,8 +69,10 @@ class SAEBenchTranscoder(nn.Module):
     """A JumpReLU transcoder behind SAEBench's custom-SAE interface (see the module docstring).
 
     encode: x [..., d_in] -> f [..., d_sae] = pre * (pre > threshold), pre = x @ W_enc + b_enc (dense, as SAEBench
-    wants); decode: f [..., d_sae] -> f @ W_dec + b_dec [..., d_out]; forward = decode(encode(x)). Weights are
-    frozen ``nn.Parameter``s; ``.to(device=..., dtype=...)`` keeps ``device``/``dtype``/``cfg.dtype`` in sync.
+    wants); decode: f [..., d_sae] -> f @ W_dec + b_dec [..., d_out] (+ x @ W_skip when given x); forward(x) =
+    decode(encode(x), x=x), so a skip transcoder's skip term is in ``forward`` (``W_skip`` [d_in, d_out], None
+    otherwise). Weights are frozen ``nn.Parameter``s; ``.to(device=..., dtype=...)`` keeps
+    ``device``/``dtype``/``cfg.dtype`` in sync.
     """
 
     def __init__(
@@ -100,6 +102,8 @@ class SAEBenchTranscoder(nn.Module):
         self.W_dec = nn.Parameter(w.W_dec.clone(), requires_grad=False)
         self.b_dec = nn.Parameter(w.b_dec.clone(), requires_grad=False)
         self.threshold = nn.Parameter(w.threshold.float().clone(), requires_grad=False)
+        skip = None if w.W_skip is None else nn.Parameter(w.W_skip.clone(), requires_grad=False)
+        self.register_parameter("W_skip", skip)
         self.hook_name_out = hook_out
         self.prefix_ends = w.prefix_ends
         self.meta = w.metadata()
@@ -135,16 +139,23 @@ class SAEBenchTranscoder(nn.Module):
         pre = x.to(self.dtype) @ self.W_enc + self.b_enc
         return pre * (pre.float() > self.threshold)
 
-    def decode(self, feature_acts: torch.Tensor, prefix: int | None = None) -> torch.Tensor:
-        """f [..., d_sae] -> [..., d_out] from all latents, or the first ``prefix`` Matryoshka groups (1..m)."""
+    def decode(
+        self, feature_acts: torch.Tensor, prefix: int | None = None, x: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """f [..., d_sae] -> [..., d_out] from all latents, or the first ``prefix`` Matryoshka groups (1..m);
+        plus the skip term x @ W_skip when ``x`` [..., d_in] is given and the transcoder has one."""
         f = feature_acts.to(self.dtype)
         if prefix is None or self.prefix_ends is None:
-            return f @ self.W_dec + self.b_dec
-        e = self.prefix_ends[prefix - 1]
-        return f[..., :e] @ self.W_dec[:e] + self.b_dec
+            out = f @ self.W_dec + self.b_dec
+        else:
+            e = self.prefix_ends[prefix - 1]
+            out = f[..., :e] @ self.W_dec[:e] + self.b_dec
+        if x is not None and self.W_skip is not None:
+            out = out + x.to(self.dtype) @ self.W_skip
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+        return self.decode(self.encode(x), x=x)
 
     @torch.no_grad()
     def check_decoder_norms(self) -> bool:

@@ -1,7 +1,10 @@
-"""SAELens (sae-lens 6.x): export as a ``jumprelu_transcoder`` folder, and import such folders back.
+"""SAELens (sae-lens 6.x): export as a ``jumprelu_transcoder`` (or ``jumprelu_skip_transcoder``) folder, and import
+such folders back.
 
 The folder is what ``sae_lens.SAE.load_from_disk`` reads and what SAELens itself writes for a
-``JumpReLUTranscoder`` (``save_model``):
+``JumpReLUTranscoder`` (``save_model``); a skip transcoder (ours with ``skip_connection``, Gemma Scope 2 with
+``affine_skip_connection``) becomes a ``JumpReLUSkipTranscoder``, whose forward adds ``x @ W_skip.T`` with
+``W_skip [d_out, d_in]`` stored in ``sae_weights.safetensors`` (the transpose of our ``[d_in, d_out]``):
 
     cfg.json                  {"architecture": "jumprelu_transcoder", "d_in", "d_sae", "d_out", "dtype", "device",
                                "apply_b_dec_to_input": false, "normalize_activations": "none",
@@ -29,6 +32,7 @@ from ._common import JumpReLUWeights, dtype_name, ensure_empty_or_new, jumprelu_
 CFG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae_weights.safetensors"
 ARCHITECTURE = "jumprelu_transcoder"
+SKIP_ARCHITECTURE = "jumprelu_skip_transcoder"
 #: written when sae-lens is not installed; any version >= 6.0.0 means "no pre-6.0 config conversion"
 FALLBACK_SAE_LENS_VERSION = "6.0.0"
 
@@ -60,7 +64,7 @@ def saelens_config(w: JumpReLUWeights, sae_lens_version: str | None = None) -> d
         meta.update(prepend_bos=True, exclude_special_tokens=True)
     meta.update(w.metadata())
     return {
-        "architecture": ARCHITECTURE,
+        "architecture": ARCHITECTURE if w.W_skip is None else SKIP_ARCHITECTURE,
         "d_in": w.d_in,
         "d_sae": w.num_latents,
         "d_out": w.d_out,
@@ -84,7 +88,8 @@ def export_saelens(
     dtype: str | torch.dtype = torch.float32,
     overwrite: bool = False,
 ) -> Path:
-    """Write ``transcoder`` (path, MatryoshkaTranscoder or loaded transcoder) as a SAELens ``jumprelu_transcoder``.
+    """Write ``transcoder`` (path, MatryoshkaTranscoder or loaded transcoder) as a SAELens ``jumprelu_transcoder``
+    (``jumprelu_skip_transcoder`` with ``W_skip [d_out, d_in]`` when it has a skip connection).
 
     Returns ``out_dir`` (holding ``cfg.json`` + ``sae_weights.safetensors``). Sites: see ``jumprelu_weights``.
     ``dtype`` is the stored (and SAELens' run) dtype of all tensors, the threshold included.
@@ -98,6 +103,8 @@ def export_saelens(
     cfg = saelens_config(w)
     out = ensure_empty_or_new(out_dir, overwrite, (CFG_NAME, WEIGHTS_NAME))
     tensors = {"W_enc": w.W_enc, "b_enc": w.b_enc, "W_dec": w.W_dec, "b_dec": w.b_dec, "threshold": w.threshold}
+    if w.W_skip is not None:
+        tensors["W_skip"] = w.W_skip.t().contiguous()  # SAELens: [d_out, d_in], forward adds x @ W_skip.T
     save_file(tensors, os.path.join(out, WEIGHTS_NAME))
     with open(os.path.join(out, CFG_NAME), "w") as fh:
         json.dump(cfg, fh, indent=2)
@@ -129,7 +136,8 @@ def saelens_to_matryoshka(path: str | os.PathLike, device: str | torch.device | 
     """A SAELens folder written by ``export_saelens`` from one of our transcoders -> ``MatryoshkaTranscoder``.
 
     Exact when every latent has the same threshold (ours do: one running threshold); the group sizes and k come
-    from the metadata. Useful to continue training or to run our kernels on an exported checkpoint.
+    from the metadata, and a ``W_skip`` turns ``skip_connection`` on.
+    Useful to continue training or to run our kernels on an exported checkpoint.
     Raises ValueError for folders that do not describe a Matryoshka transcoder with a single threshold.
     """
     from ..config import TranscoderConfig
@@ -153,11 +161,12 @@ def saelens_to_matryoshka(path: str | os.PathLike, device: str | torch.device | 
         selection=meta.get("matryoshka_selection", "batch"),
         dtype=dtype_name(tc.W_enc.dtype),
         activation_scaling="none",
+        skip_connection=tc.W_skip is not None,
     )
     model = MatryoshkaTranscoder(tcfg, device=device)
     with torch.no_grad():
-        for n in ("W_enc", "b_enc", "W_dec", "b_dec"):
-            getattr(model, n).copy_(getattr(tc, n))
+        for n in ("W_enc", "b_enc", "W_dec", "b_dec") + (("W_skip",) if tc.W_skip is not None else ()):
+            getattr(model, n).copy_(getattr(tc, n))  # the loader's W_skip is already [d_in, d_out]
         model.threshold.fill_(float(thr.reshape(-1)[0]))
         model.threshold_updates.fill_(int(meta.get("matryoshka_threshold_updates", 1)))
     return model.eval()

@@ -283,10 +283,15 @@ class MatryoshkaAdapter(BaseTranscoder):
         W = m.W_dec
         acts = SparseActs(acts.values.to(W.dtype), acts.indices, acts.row_offsets, acts.num_latents)
         r = _ops().nested_decode(acts, W, m.b_dec, self.prefix_ends)
-        return (r.float() / m.y_scale).to(W.dtype)
+        acc = torch.float64 if W.dtype == torch.float64 else torch.float32  # float64 models stay float64
+        return (r.to(acc) / m.y_scale.to(acc)).to(W.dtype)
 
     def decode(self, acts: SparseActs, prefix: int | None = None) -> torch.Tensor:
         return self.model.decode(acts, self._check_prefix(prefix))
+
+    def skip(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The model's affine skip term in raw units (``skip_connection``), or None."""
+        return self.model.skip(self._flat(x))
 
     def decoder_weights(self) -> torch.Tensor:
         return self.model.W_dec

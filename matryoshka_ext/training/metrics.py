@@ -122,6 +122,9 @@ def evaluate(
                 acts.values.to(model.W_dec.dtype), acts.indices, acts.row_offsets, acts.num_latents
             )
             r = ops.nested_decode(acts, model.W_dec, model.b_dec, model.group_ends).float()  # [m, N, d]
+            skip = model.skip_scaled(x)  # the affine skip term of every prefix (None without one)
+            if skip is not None:
+                r = r + skip.float()
             sj = (r - ys).pow(2).sum(dim=(1, 2))
             sse = s if sse is None else sse + s
             sse_j = sj if sse_j is None else sse_j + sj

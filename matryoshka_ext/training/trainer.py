@@ -224,7 +224,7 @@ class Trainer:
         saved = TrainConfig.from_dict(st["config"])
         tc = saved.transcoder
         mine = self.cfg.transcoder
-        for f in ("dict_size", "group_sizes", "k", "selection", "d_in", "d_out"):
+        for f in ("dict_size", "group_sizes", "k", "selection", "d_in", "d_out", "skip_connection"):
             if getattr(mine, f) is not None and getattr(mine, f) != getattr(tc, f):
                 raise ValueError(
                     f"--resume: transcoder.{f}={getattr(mine, f)!r} differs from the checkpoint's "

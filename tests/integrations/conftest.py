@@ -36,15 +36,16 @@ def site_activations(model, layer: int, tokens: torch.Tensor) -> tuple[torch.Ten
     return cache[s.input_hook][keep], cache[s.output_hook][keep]
 
 
-def train_transcoder(model, layer: int, steps: int = 40, seed: int = 0):
-    """A MatryoshkaTranscoder (F=256, groups 32/32/64/128, k=8) trained on ``layer`` of ``model``."""
+def train_transcoder(model, layer: int, steps: int = 40, seed: int = 0, skip_connection: bool = False):
+    """A MatryoshkaTranscoder (F=256, groups 32/32/64/128, k=8; optionally a skip transcoder) trained on ``layer``."""
     from matryoshka_ext.config import TranscoderConfig
     from matryoshka_ext.transcoder import MatryoshkaTranscoder
 
     torch.manual_seed(seed)
     x, y = site_activations(model, layer, tiny_tokens(32, 64, seed=seed + 1))
     cfg = TranscoderConfig(d_in=D_MODEL, d_out=D_MODEL, dict_size=sum(GROUPS), group_sizes=GROUPS, k=8,
-                           aux_k=0, dead_tokens=10**9, threshold_momentum=0.9)  # fmt: skip
+                           aux_k=0, dead_tokens=10**9, threshold_momentum=0.9,
+                           skip_connection=skip_connection)  # fmt: skip
     tc = MatryoshkaTranscoder(cfg)
     tc.initialize_from_batch(x, y)
     opt = torch.optim.Adam(tc.parameters(), lr=3e-3)

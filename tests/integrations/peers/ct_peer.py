@@ -3,6 +3,7 @@
 argv: CACHE_DIR REF X_FILE OUT_FILE. The export lives at CACHE_DIR/REF (circuit-tracer's cache layout, the same
 files as a hub repo). Writes, per layer, circuit-tracer's encode / decode / sparse-path reconstruction of X,
 then builds a TransformerLens ReplacementModel on a tiny Gemma-2 with the set and computes an attribution graph.
+Skip transcoders (a W_skip in the layer files) get their input passed to every decode, as circuit-tracer requires.
 Prints one JSON line.
 """
 
@@ -24,9 +25,9 @@ out = {}
 for layer, tc in enumerate(tset):
     acts = tc.encode(x)
     out[f"acts_{layer}"] = acts.detach()
-    out[f"recon_{layer}"] = tc.decode(acts).detach()
+    out[f"recon_{layer}"] = tc.decode(acts, x).detach()
     sparse, _ = tc.encode_sparse(x.clone(), zero_positions=slice(0, 0))
-    out[f"recon_sparse_{layer}"] = tc.decode_sparse(sparse)[0].detach()
+    out[f"recon_sparse_{layer}"] = tc.decode_sparse(sparse, x)[0].detach()
 # the lazy (memory-mapped) path reads W_enc / W_dec straight from our files
 lazy = load_transcoder_set(
     {i: f"{cache_dir}/{ref}/layer_{i}.safetensors" for i in range(len(tset))},
@@ -37,7 +38,7 @@ lazy = load_transcoder_set(
     lazy_encoder=True,
     lazy_decoder=True,
 )
-out["recon_lazy_1"] = lazy[1].decode(lazy[1].encode(x)).detach()
+out["recon_lazy_1"] = lazy[1].decode(lazy[1].encode(x), x).detach()
 save_file({k: v.contiguous() for k, v in out.items()}, out_file)
 
 # attribution graph on a tiny model with this transcoder set
@@ -61,6 +62,7 @@ print(
     json.dumps(
         {
             "n_layers": len(tset),
+            "skip_connection": bool(tset.skip_connection),
             "hooks": [tset.feature_input_hook, tset.feature_output_hook],
             "config_model_kind": config["model_kind"],
             "n_active_features": int(feats.shape[0]),
