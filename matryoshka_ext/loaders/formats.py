@@ -17,6 +17,15 @@ Formats (all pickle-free):
   transcoder variants ``transcoder``, ``skip_transcoder``, ``jumprelu_transcoder``,
   ``jumprelu_skip_transcoder`` (``d_out``). Plain SAEs subtract ``b_dec`` from the input when
   ``apply_b_dec_to_input`` is set (transcoders never do: their ``b_dec`` lives in the output space).
+* circuit-tracer (0.5): one ``layer_{L}.safetensors`` of a transcoder set (``config.yaml`` with ``model_kind:
+  transcoder_set`` beside it): ``W_enc [F, d]`` (it computes ``F.linear(x, W_enc, b_enc)``), ``b_enc``,
+  ``W_dec [F, d]``, ``b_dec``, ``activation_function.threshold [F]`` (JumpReLU ``pre * (pre > threshold)``; ReLU
+  without it) and optionally ``W_skip [d_out, d_in]`` (it adds ``x @ W_skip.T``). Pass the layer file; a set folder
+  holds several.
+
+Skip matrices are read wherever a format has one (Gemma Scope 2, SAELens skip transcoders, circuit-tracer) and come
+out as ``SparseTranscoder.W_skip [d_in, d_out]``, added by ``reconstruct`` / ``forward`` (``decode`` is the sparse
+part alone).
 """
 
 from __future__ import annotations
@@ -199,6 +208,65 @@ def load_saelens(path: str | os.PathLike, name: str | None = None) -> SparseTran
     )
 
 
+# ---------------------------------------------------------------------------------------------- circuit-tracer
+CT_CONFIG = "config.yaml"
+
+
+def _ct_set_config(folder: Path) -> dict[str, Any] | None:
+    """The ``config.yaml`` of a circuit-tracer transcoder set in ``folder``, or None (absent, or another file)."""
+    f = folder / CT_CONFIG
+    if not f.is_file():
+        return None
+    try:
+        import yaml
+
+        with open(f) as fh:
+            d = yaml.safe_load(fh)
+    except Exception:  # noqa: BLE001 - an unreadable config.yaml is simply not a circuit-tracer set
+        return None
+    return d if isinstance(d, dict) and d.get("model_kind") == "transcoder_set" else None
+
+
+def load_circuit_tracer(path: str | os.PathLike, name: str | None = None) -> SparseTranscoder:
+    """One circuit-tracer layer file (``layer_{L}.safetensors``) -> ``SparseTranscoder`` (JumpReLU or ReLU, skip
+    matrix kept); sites, model and our Matryoshka prefixes come from the set's ``config.yaml`` when present."""
+    f = Path(path)
+    where = str(f)
+    t = {k: v.float() for k, v in _read_safetensors(f).items()}
+    if "k" in t:
+        raise FormatError(f"{where}: top-k circuit-tracer transcoders are not supported (JumpReLU and ReLU are)")
+    W_enc = _pick(t, "W_enc", where=where).t().contiguous()  # stored [F, d_in]
+    W_skip = t.get("W_skip")
+    if W_skip is not None:
+        W_skip = W_skip.t().contiguous()  # stored [d_out, d_in]
+    threshold = t.get("activation_function.threshold")
+    layer = _layer_from_text(f.name)
+    cfg = _ct_set_config(f.parent) or {}
+    meta: dict[str, Any] = {
+        "format": "circuit-tracer",
+        "path": where,
+        "layer": layer,
+        "model_name": cfg.get("model_name"),
+    }
+    if layer is not None:
+        for key, hook in (("input_hook", "feature_input_hook"), ("output_hook", "feature_output_hook")):
+            if cfg.get(hook):
+                meta[key] = f"blocks.{layer}.{cfg[hook]}"
+    ours = (cfg.get("matryoshka_ext") or {}).get(str(layer)) or {}
+    return SparseTranscoder(
+        W_enc,
+        _pick(t, "b_enc", where=where),
+        _pick(t, "W_dec", where=where),
+        _pick(t, "b_dec", where=where),
+        activation="jumprelu" if threshold is not None else "relu",
+        threshold=threshold,
+        W_skip=W_skip,
+        prefix_ends=ours.get("matryoshka_prefix_ends"),
+        name=name or _default_name(f),
+        meta=meta,
+    )
+
+
 # ---------------------------------------------------------------------------------------------- ours
 _SITE_KEYS = ("layer", "input_hook", "output_hook", "model_name")
 
@@ -286,13 +354,18 @@ def _load_ours_checkpoint(p: Path, name: str | None, mode: str, device: Any) -> 
 
 # ---------------------------------------------------------------------------------------------- detection
 def detect_format(path: str | os.PathLike) -> str:
-    """One of "ours", "ours-checkpoint", "gemma-scope", "gemma-scope-2", "saelens"; FormatError otherwise."""
+    """One of "ours", "ours-checkpoint", "gemma-scope", "gemma-scope-2", "saelens", "circuit-tracer"; FormatError
+    otherwise."""
     p = Path(path)
     if p.is_file():
         if p.suffix == ".npz":
             return "gemma-scope"
         if p.suffix == ".safetensors":
-            return "gemma-scope-2" if _safetensors_has(p, "w_enc") else _detect_dir(p.parent, p)
+            if _safetensors_has(p, "w_enc"):
+                return "gemma-scope-2"
+            if _safetensors_has(p, "activation_function.threshold") or _ct_set_config(p.parent) is not None:
+                return "circuit-tracer"
+            return _detect_dir(p.parent, p)
         raise FormatError(f"{p}: unsupported file type (expected .npz, .safetensors or a folder)")
     if not p.is_dir():
         raise FileNotFoundError(f"{p}: no such file or folder")
@@ -318,6 +391,10 @@ def _detect_dir(p: Path, original: Path) -> str:
         return "gemma-scope-2"
     if (p / "state.json").is_file() or (p / "checkpoints").is_dir():
         return "ours-checkpoint"
+    if _ct_set_config(p) is not None:
+        raise FormatError(
+            f"{original}: a circuit-tracer transcoder set; pass one of its layer files (layer_L.safetensors)"
+        )
     raise FormatError(
         f"{original}: not a supported transcoder (looked for config.json [ours], cfg.json + sae_weights.safetensors "
         "[SAELens], params.npz [Gemma Scope], params.safetensors [Gemma Scope 2], state.json [checkpoint])"
@@ -429,6 +506,8 @@ def load_transcoder(
             tc = load_gemma_scope_npz(spec, name)
         elif fmt == "gemma-scope-2":
             tc = load_gemma_scope_safetensors(spec, name)
+        elif fmt == "circuit-tracer":
+            tc = load_circuit_tracer(spec, name)
         else:
             tc = load_saelens(spec, name)
     if dtype is not None:

@@ -1,5 +1,6 @@
 """Skip transcoders across formats: SAELens (``jumprelu_skip_transcoder``, the real sae_lens loads and runs it),
-circuit-tracer (``W_skip`` in each layer file; the real circuit-tracer decodes and attributes with it), Gemma Scope 2
+circuit-tracer (``W_skip`` in each layer file; the real circuit-tracer decodes and attributes with it, and its own
+files load back), Gemma Scope 2
 (``affine_skip_connection``; our loader against circuit-tracer's own), SAEBench (forward includes the skip term),
 and dictionary_learning, whose layout has no skip matrix: its export raises instead of dropping W_skip."""
 
@@ -21,7 +22,7 @@ from matryoshka_ext.integrations import (
     load_saelens_transcoder,
     saelens_to_matryoshka,
 )
-from matryoshka_ext.loaders import load_transcoder
+from matryoshka_ext.loaders import FormatError, load_transcoder
 
 from ._peers import import_peer, run_peer
 from .conftest import train_transcoder
@@ -95,6 +96,18 @@ def test_circuit_tracer_skip_layout_and_real_loader(skip_tcs, skip_saved, saved,
         torch.testing.assert_close(got[f"recon_{layer}"], r, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(got[f"recon_sparse_{layer}"], r, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got["recon_lazy_1"], skip_tcs[1].reconstruct(probe_x), rtol=1e-5, atol=1e-5)
+
+    # and back: our loader reads our export (prefixes and sites from config.yaml) and circuit-tracer's own files
+    mine = load_transcoder(out / "layer_1.safetensors")
+    assert mine.meta["input_hook"] == "blocks.1.ln2.hook_normalized" and mine.prefix_ends == [32, 64, 128, 256]
+    theirs = load_transcoder(cache / "resaved" / "layer_1.safetensors")
+    with torch.no_grad():
+        for prefix in (1, 4):
+            want = tc.reconstruct(probe_x, prefix)
+            torch.testing.assert_close(mine.reconstruct(probe_x, prefix), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(theirs(probe_x), tc.reconstruct(probe_x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(FormatError, match="pass one of its layer files"):
+        load_transcoder(out)
 
 
 def _gemma_scope_2_file(path: Path, d: int, F: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -2,7 +2,8 @@
 
 argv: CACHE_DIR REF X_FILE OUT_FILE. The export lives at CACHE_DIR/REF (circuit-tracer's cache layout, the same
 files as a hub repo). Writes, per layer, circuit-tracer's encode / decode / sparse-path reconstruction of X,
-then builds a TransformerLens ReplacementModel on a tiny Gemma-2 with the set and computes an attribution graph.
+saves the set with its own ``to_safetensors`` into CACHE_DIR/resaved, then builds a TransformerLens
+ReplacementModel on a tiny Gemma-2 with the set and computes an attribution graph.
 Skip transcoders (a W_skip in the layer files) get their input passed to every decode, as circuit-tracer requires.
 Prints one JSON line.
 """
@@ -40,6 +41,7 @@ lazy = load_transcoder_set(
 )
 out["recon_lazy_1"] = lazy[1].decode(lazy[1].encode(x), x).detach()
 save_file({k: v.contiguous() for k, v in out.items()}, out_file)
+tset.to_safetensors(f"{cache_dir}/resaved")  # circuit-tracer's own writer: files our loader must read
 
 # attribution graph on a tiny model with this transcoder set
 from circuit_tracer import attribute  # noqa: E402
