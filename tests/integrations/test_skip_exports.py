@@ -174,3 +174,49 @@ def test_saebench_adapter_forward_includes_skip(skip_tcs, skip_saved, probe_x):
                                    rtol=1e-5, atol=1e-5)  # fmt: skip
         # without x, decode is the sparse part alone (SAEBench's decode-only use)
         torch.testing.assert_close(sb.decode(f) + tc.skip(probe_x), tc.reconstruct(probe_x), rtol=1e-5, atol=1e-5)
+
+
+def test_spliced_loss_with_skip_matches_saelens(tiny, skip_tcs, skip_saved, tmp_path):
+    """Our eval.splice with a skip transcoder == splicing SAELens' JumpReLUSkipTranscoder forward into the same
+    model (HookedTransformer hooks), and differs from splicing the sparse part alone (the skip term is really in
+    our spliced loss)."""
+    sae_lens = import_peer("sae_lens", "sae-lens")
+    from sae_lens import HookedSAETransformer
+
+    from matryoshka_ext.data import gemma_sites
+    from matryoshka_ext.eval.splice import SpliceStats, splice_batch
+
+    from .conftest import BOS, tiny_tokens
+
+    sae = sae_lens.SAE.load_from_disk(str(export_saelens(skip_saved[1], tmp_path / "sl", layer=1)))
+    hst = HookedSAETransformer(tiny.cfg)
+    hst.load_state_dict(tiny.state_dict())
+    hst.eval()
+    tokens = tiny_tokens(6, 32, seed=7)
+    keep = tokens != BOS
+    ours = load_transcoder(skip_saved[1])
+    stats = SpliceStats()
+    fns = [("tc", lambda xk: ours.reconstruct(xk)), ("sparse", lambda xk: ours.decode(ours.encode(xk)))]
+    splice_batch(tiny, gemma_sites(1), tokens, keep, fns, stats)
+    # sae-lens 6.54's HookedSAETransformer splices sae.decode(sae.encode(x)), which leaves W_skip out; splice
+    # SAELens' own forward (skip included) at the output site instead, at the same (non-BOS) positions
+    site = gemma_sites(1)
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(x, hook):
+        captured["x"] = x
+
+    def put(y, hook):
+        return torch.where(keep[..., None], sae(captured["x"]).to(y.dtype), y)
+
+    with torch.no_grad():
+        logits = hst.run_with_hooks(tokens, fwd_hooks=[(site.input_hook, grab), (site.output_hook, put)])
+    scored = keep[:, :-1] & keep[:, 1:]
+    targets = tokens[:, 1:][scored]
+
+    def ce(lg: torch.Tensor) -> float:
+        lp = torch.log_softmax(lg[:, :-1][scored].double(), -1)
+        return float(-lp.gather(1, targets[:, None]).mean())
+
+    assert ce(logits) == pytest.approx(stats.mean_ce("tc"), rel=1e-5)
+    assert abs(stats.mean_ce("sparse") - stats.mean_ce("tc")) > 1e-4
