@@ -1,9 +1,12 @@
 """One evaluation for every row: ``matryoshka_ext.eval.evaluate`` on the held-out cache (+ the LM for splicing).
 
-Per prefix: FVU, L0 (mean), and for transcoder rows the spliced next-token loss (delta CE, CE recovered vs
-zero/mean ablation, KL(clean || spliced)); per model: dead and dense fractions over every held-out token
-(>= 100k in the benchmark cache). All transcoder rows of one layer are scored in ONE ``evaluate`` call, so the
-clean forward and ablation baselines of each splice batch are computed once and shared by every row and prefix.
+Two passes, so that a row's fidelity is known as soon as it is trained while the LM work is shared:
+- ``fidelity`` (one model, right after its training): per prefix FVU and L0 (mean); dead and dense fractions over
+  every held-out token (>= 100k in the benchmark cache). No LM.
+- ``splice`` (a batch of transcoder models): the spliced next-token loss (delta CE, CE recovered vs zero / mean
+  ablation, KL(clean || spliced)) per prefix. One ``evaluate`` call for the batch, so the clean forward and the
+  ablation baselines of each batch of contexts are computed once and shared by every model and prefix; the
+  LM head (262k vocabulary) makes each spliced forward the dominant cost of scoring.
 SAE rows are scored on (x, x) and not spliced (replacing the MLP input is a different intervention).
 Each model is scored with its own inference rule: ours and the BatchTopK peers as JumpReLU with their learned
 threshold(s), sparsify as per-row TopK.
@@ -18,7 +21,10 @@ from .caches import heldout_batches
 
 
 def load_lm_and_contexts(layer: int) -> tuple[Any, Any, Any]:
-    """(model, held-out token contexts, sites) as the package's default TrainConfig defines them."""
+    """(model, held-out token contexts, sites) as the package's default TrainConfig defines them; the LM in the
+    config's ``model_dtype``, the dtype the activation caches were made in (so the spliced clean run matches)."""
+    import torch
+
     from matryoshka_ext.config import TrainConfig
     from matryoshka_ext.data.models import load_model
     from matryoshka_ext.data.sites import sites_for
@@ -26,31 +32,42 @@ def load_lm_and_contexts(layer: int) -> tuple[Any, Any, Any]:
     from matryoshka_ext.data.tokens import token_contexts
 
     cfg = TrainConfig(layer=layer)
-    model = load_model(cfg.model_name)
+    model = load_model(cfg.model_name, dtype=getattr(torch, cfg.model_dtype))
     texts = text_dataset(cfg.dataset, split=cfg.eval_split or "eval", streaming=cfg.streaming,
                          text_field=cfg.text_field, subset=cfg.dataset_subset)  # fmt: skip
     contexts = token_contexts(texts, model, cfg.context_size, prepend_bos=cfg.prepend_bos)
     return model, contexts, sites_for(layer, cfg.input_hook, cfg.output_hook)
 
 
-def score(
-    tcs: Sequence[Any],
-    heldout: str,
-    mode: str,
-    heldout_tokens: int | None,
-    splice_tokens: int = 0,
-    lm: tuple[Any, Any, Any] | None = None,
-    layer: int = 0,
-) -> dict[str, Any]:
-    """Evaluate ``tcs`` (BaseTranscoders with unique names) on the held-out cache; ``lm`` for splicing."""
+def fidelity(tc: Any, heldout: str, mode: str, heldout_tokens: int | None, layer: int = 12) -> dict[str, Any]:
+    """FVU / L0 per prefix and dead / dense fractions of one model over the held-out cache (no LM needed)."""
     from matryoshka_ext.data.sites import sites_for
     from matryoshka_ext.eval.evaluate import EvalConfig, evaluate
 
-    n = heldout_tokens or 10**12
-    splice = splice_tokens if mode == "transcoder" and lm is not None else 0
-    cfg = EvalConfig(n_tokens=n, splice_tokens=splice, splice_prefixes="all", chunk_tokens=4096)
-    model, contexts, sites = lm if lm is not None else (None, None, sites_for(layer))
-    return evaluate(list(tcs), model, sites, contexts, cfg, activations=heldout_batches(heldout, mode, heldout_tokens))
+    cfg = EvalConfig(n_tokens=heldout_tokens or 10**12, splice_tokens=0, chunk_tokens=4096)
+    res = evaluate([tc], None, sites_for(layer), None, cfg, activations=heldout_batches(heldout, mode, heldout_tokens))
+    return summarize(res["transcoders"][0])
+
+
+SPLICE_KEYS = ("ce", "delta_ce", "ce_recovered_zero", "ce_recovered_mean", "kl")
+
+
+def splice(tcs: Sequence[Any], heldout: str, lm: tuple[Any, Any, Any], splice_tokens: int,
+           prefixes: str) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:  # fmt: skip
+    """Spliced next-token loss of every model in ``tcs`` (unique names) on the first held-out contexts, in ONE
+    ``evaluate`` call: the clean forward and the zero / mean ablation baselines of each batch are computed once
+    for all of them. ``prefixes``: "all" or "last". Returns ({name: [{prefix, ce, delta_ce, ...}]}, clean)."""
+    from matryoshka_ext.eval.evaluate import EvalConfig, evaluate
+
+    model, contexts, sites = lm
+    # the fidelity part of this call is not used: score the fewest rows it allows
+    cfg = EvalConfig(n_tokens=256, splice_tokens=splice_tokens, splice_prefixes=prefixes, chunk_tokens=4096)
+    res = evaluate(list(tcs), model, sites, contexts, cfg, activations=heldout_batches(heldout, "transcoder", 256))
+    out = {
+        e["name"]: [{"prefix": p["prefix"], **{k: p.get(k) for k in SPLICE_KEYS}} for p in e["prefixes"]]
+        for e in res["transcoders"]
+    }
+    return out, res["clean"]
 
 
 def summarize(entry: dict[str, Any]) -> dict[str, Any]:

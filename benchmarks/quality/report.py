@@ -1,11 +1,12 @@
-"""results/*.json -> benchmarks/QUALITY.md (+ frontier and per-prefix PNGs beside it). Nothing is re-measured:
+"""Results documents -> benchmarks/QUALITY.md (+ frontier and per-prefix PNGs beside it). Nothing is re-measured:
 
     python -m benchmarks.quality.report [--results DIR] [--out benchmarks/QUALITY.md]
 
-Per (result file, layer, budget, k, row): mean and spread (sample std over seeds; "n=1" when one seed) of
-per-prefix FVU and L0, final-prefix delta CE / CE recovered / KL, dead and dense fractions, training time.
-"Where we stand" compares, at equal mode, k and budget, our row with each peer's: final-prefix FVU ratio and
-L0, dead fraction and time.
+Reads every ``<name>.json`` that ``benchmarks.quality.run`` wrote (default benchmarks/quality/results/). Per
+(document, layer, budget, k, row): mean and spread (sample std over seeds; one seed shows the value alone) of
+per-prefix FVU and L0, final-prefix spliced delta CE / CE recovered / KL, dead and dense fractions, training time.
+Our rows at the equal-wall-clock budget are their equal-token runs (the peers are given our training time).
+"Where we stand": for each peer row, our Matryoshka row of the same mode at the same layer, k and budget.
 """
 
 from __future__ import annotations
@@ -21,10 +22,16 @@ from .spec import ROWS
 
 HERE = Path(__file__).resolve().parent
 DOC = HERE.parent / "QUALITY.md"
+Key = tuple  # (layer, budget, k, row)
+
+
+def _vals(vals: list[float | None]) -> list[float]:
+    return [x for x in vals if x is not None]
 
 
 def _ms(vals: list[float | None], fmt: str = "{:.3f}") -> str:
-    v = [x for x in vals if x is not None]
+    """'mean ± std' over seeds ('value' for one seed, '-' for none)."""
+    v = _vals(vals)
     if not v:
         return "-"
     if len(v) == 1:
@@ -33,34 +40,45 @@ def _ms(vals: list[float | None], fmt: str = "{:.3f}") -> str:
 
 
 def _mean(vals: list[float | None]) -> float | None:
-    v = [x for x in vals if x is not None]
+    v = _vals(vals)
     return statistics.mean(v) if v else None
 
 
-def group_runs(doc: dict[str, Any]) -> dict[tuple, list[dict[str, Any]]]:
-    """{(layer, budget, k, row): [runs over seeds]} for the evaluated runs."""
-    out: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for r in doc["runs"]:
-        if "eval" in r:
-            out[(r["layer"], r["budget"], r["k"], r["row"])].append(r)
+def _f(v: float | None, fmt: str = "{:.3f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def group_runs(doc: dict[str, Any]) -> dict[Key, list[dict[str, Any]]]:
+    """{(layer, budget, k, row): [scored runs over seeds]}; our reference rows (ours, ours_sae) are listed under
+    "time" too (same models) wherever a peer has an equal-time run at that layer, k and seed."""
+    out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+    runs = [r for r in doc["runs"] if "eval" in r]
+    for r in runs:
+        out[(r["layer"], r["budget"], r["k"], r["row"])].append(r)
+    timed = {(r["layer"], r["k"], r["seed"]) for r in runs if r["budget"] == "time"}
+    for r in runs:
+        if r["row"] in ("ours", "ours_sae") and r["budget"] == "tokens" and (r["layer"], r["k"], r["seed"]) in timed:
+            out[(r["layer"], "time", r["k"], r["row"])].append(r)
+    for v in out.values():
+        v.sort(key=lambda r: r["seed"])
     return out
 
 
 def row_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Aggregates of one (layer, budget, k, row) over its seeds."""
+    """Aggregates of one (layer, budget, k, row) over its seeds: lists (one value per seed) per metric."""
     m = len(runs[0]["eval"]["prefixes"])
     per = [[r["eval"]["prefixes"][i] for r in runs] for i in range(m)]
     last = per[-1]
     return {
-        "seeds": len(runs),
+        "seeds": [r["seed"] for r in runs],
         "fvu": [[p["fvu"] for p in ps] for ps in per],
         "l0": [[p["l0_mean"] for p in ps] for ps in per],
-        "dce": [[p["delta_ce"] for p in ps] for ps in per],
+        "dce": [[p.get("delta_ce") for p in ps] for ps in per],
         "final_fvu": [p["fvu"] for p in last],
         "final_l0": [p["l0_mean"] for p in last],
-        "final_dce": [p["delta_ce"] for p in last],
-        "final_rec": [p["ce_recovered_zero"] for p in last],
-        "final_kl": [p["kl"] for p in last],
+        "final_dce": [p.get("delta_ce") for p in last],
+        "final_rec": [p.get("ce_recovered_zero") for p in last],
+        "final_kl": [p.get("kl") for p in last],
         "dead": [r["eval"]["dead_fraction"] for r in runs],
         "dense": [r["eval"]["dense_fraction"] for r in runs],
         "dense_threshold": runs[0]["eval"]["dense_threshold"],
@@ -70,16 +88,24 @@ def row_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def main_table(groups: dict[tuple, list[dict[str, Any]]]) -> list[str]:
-    lines = ["| layer | budget | k | row | mode | seeds | FVU per prefix (mean) | final FVU | final L0 | final ΔCE "
-             "| CE rec. (zero) | KL | dead | dense | train tokens | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for (layer, budget, k, row), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2],
-                                                                                 list(ROWS).index(kv[0][3]))):
-        s = row_stats(runs)
-        curve = " / ".join(f"{_mean(v):.3f}" for v in s["fvu"])
+def _order(key: Key) -> tuple:
+    layer, budget, k, row = key
+    return (layer, budget != "tokens", k, list(ROWS).index(row))
+
+
+def rows_table(groups: dict[Key, list[dict[str, Any]]], budget: str, k: int) -> list[str]:
+    """Every row at one budget and k."""
+    sel = sorted((g for g in groups if g[1] == budget and g[2] == k), key=_order)
+    if not sel:
+        return []
+    lines = ["| row | mode | seeds | FVU per prefix (mean) | final FVU | final L0 | final ΔCE | CE rec. (zero) | KL "
+             "| dead | dense | train tokens | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for g in sel:
+        s = row_stats(groups[g])
+        curve = " / ".join(_f(_mean(v)) for v in s["fvu"])
         lines.append(
-            f"| {layer} | {budget} | {k} | {row} | {ROWS[row].mode} | {s['seeds']} | {curve} | {_ms(s['final_fvu'])} "
+            f"| {g[3]} | {ROWS[g[3]].mode} | {len(s['seeds'])} | {curve} | {_ms(s['final_fvu'])} "
             f"| {_ms(s['final_l0'], '{:.1f}')} | {_ms(s['final_dce'])} | {_ms(s['final_rec'])} | {_ms(s['final_kl'])} "
             f"| {_ms(s['dead'], '{:.1%}')} | {_ms(s['dense'], '{:.1%}')} | {_ms(s['tokens'], '{:.0f}')} "
             f"| {_ms(s['train_s'], '{:.0f}')} |"
@@ -87,49 +113,81 @@ def main_table(groups: dict[tuple, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
-def standing(groups: dict[tuple, list[dict[str, Any]]]) -> list[str]:
-    """Our Matryoshka row against every other row of the same mode, k, budget and layer."""
-    lines = ["| layer | budget | k | mode | ours | other | ours final FVU | other final FVU | other/ours | "
-             "ours L0 | other L0 | ours dead | other dead | ours s | other s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for (layer, budget, k, row), runs in sorted(groups.items()):
-        spec = ROWS[row]
-        ours = "ours" if spec.mode == "transcoder" else "ours_sae"
-        if row == ours or (layer, budget, k, ours) not in groups:
+def splice_table(groups: dict[Key, list[dict[str, Any]]]) -> list[str]:
+    """ΔCE per prefix wherever more than the last prefix was spliced (mean over the seeds that have it)."""
+    lines = []
+    for g in sorted(groups, key=_order):
+        s = row_stats(groups[g])
+        if len(s["dce"]) < 2 or sum(1 for v in s["dce"] if _vals(v)) < 2:
             continue
-        a, b = row_stats(groups[(layer, budget, k, ours)]), row_stats(runs)
-        fa, fb = _mean(a["final_fvu"]), _mean(b["final_fvu"])
-        lines.append(
-            f"| {layer} | {budget} | {k} | {spec.mode} | {ours} | {row} | {fa:.3f} | {fb:.3f} | {fb / fa:.2f} "
-            f"| {_mean(a['final_l0']):.1f} | {_mean(b['final_l0']):.1f} | {_mean(a['dead']):.1%} "
-            f"| {_mean(b['dead']):.1%} | {_mean(a['train_s']):.0f} | {_mean(b['train_s']):.0f} |"
-        )
+        if not lines:
+            lines = ["| layer | budget | k | row | ΔCE per prefix (nats) | KL per prefix |",
+                     "|---|---|---|---|---|---|"]  # fmt: skip
+        kl = [[p["eval"]["prefixes"][i].get("kl") for p in groups[g]] for i in range(len(s["dce"]))]
+        lines.append(f"| {g[0]} | {g[1]} | {g[2]} | {g[3]} | {' / '.join(_f(_mean(v)) for v in s['dce'])} "
+                     f"| {' / '.join(_f(_mean(v), '{:.4f}') for v in kl)} |")  # fmt: skip
     return lines
 
 
-def plots(name: str, groups: dict[tuple, list[dict[str, Any]]], dest: Path) -> list[str]:
-    """Frontier (final FVU vs final L0 over k) and per-prefix FVU curves (largest k run per row); PNG names."""
+def standing(groups: dict[Key, list[dict[str, Any]]]) -> list[str]:
+    """A section per peer row: our Matryoshka row of its mode against it, at every layer, budget and k."""
+    out: list[str] = []
+    peers = [r for r in ROWS if r not in ("ours", "ours_sae")]
+    for peer in peers:
+        ours = "ours" if ROWS[peer].mode == "transcoder" else "ours_sae"
+        pairs = sorted((g for g in groups if g[3] == peer and (g[0], g[1], g[2], ours) in groups), key=_order)
+        if not pairs:
+            continue
+        out += [f"### {peer} ({ROWS[peer].about}) vs {ours}", "",
+                "| layer | budget | k | seeds (ours/peer) | final FVU ours | final FVU peer | peer/ours "
+                "| L0 ours / peer | final ΔCE ours / peer | dead ours / peer | dense ours / peer | train s ours / peer "
+                "| tokens ours / peer |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for g in pairs:
+            a, b = row_stats(groups[(g[0], g[1], g[2], ours)]), row_stats(groups[g])
+            fa, fb = _mean(a["final_fvu"]), _mean(b["final_fvu"])
+            ratio = _f(fb / fa, "{:.2f}") if fa and fb is not None else "-"
+            out.append(
+                f"| {g[0]} | {g[1]} | {g[2]} | {len(a['seeds'])}/{len(b['seeds'])} | {_ms(a['final_fvu'])} "
+                f"| {_ms(b['final_fvu'])} | {ratio} | {_f(_mean(a['final_l0']), '{:.1f}')} / "
+                f"{_f(_mean(b['final_l0']), '{:.1f}')} | {_f(_mean(a['final_dce']))} / {_f(_mean(b['final_dce']))} "
+                f"| {_f(_mean(a['dead']), '{:.1%}')} / {_f(_mean(b['dead']), '{:.1%}')} "
+                f"| {_f(_mean(a['dense']), '{:.1%}')} / {_f(_mean(b['dense']), '{:.1%}')} "
+                f"| {_f(_mean(a['train_s']), '{:.0f}')} / {_f(_mean(b['train_s']), '{:.0f}')} "
+                f"| {_f(_mean(a['tokens']), '{:.0f}')} / {_f(_mean(b['tokens']), '{:.0f}')} |"
+            )
+        out.append("")
+    return out
+
+
+def plots(name: str, groups: dict[Key, list[dict[str, Any]]], dest: Path) -> list[str]:
+    """Per (layer, budget, mode): the frontier (final-prefix FVU vs final-prefix L0 over k, one line per row) and
+    the per-prefix FVU curves at k = 32 (or the row's largest k). Returns the PNG file names."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     made = []
-    for (layer, budget) in sorted({(g[0], g[1]) for g in groups}):
+    for layer, budget in sorted({(g[0], g[1]) for g in groups}):
         for mode in ("transcoder", "sae"):
             sel = {g: v for g, v in groups.items() if g[0] == layer and g[1] == budget and ROWS[g[3]].mode == mode}
             if not sel:
                 continue
-            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
             for row in [r for r in ROWS if any(g[3] == r for g in sel)]:
                 ks = sorted(g[2] for g in sel if g[3] == row)
                 st = [row_stats(sel[(layer, budget, k, row)]) for k in ks]
-                ax1.plot([_mean(s["final_l0"]) for s in st], [_mean(s["final_fvu"]) for s in st], "o-", label=row)
+                ax1.plot([_mean(s["final_l0"]) for s in st], [_mean(s["final_fvu"]) for s in st], "o-",
+                         label=f"{row} (k {'/'.join(map(str, ks))})")  # fmt: skip
                 k_show = 32 if 32 in ks else ks[-1]
                 s = row_stats(sel[(layer, budget, k_show, row)])
-                ax2.plot(range(1, len(s["fvu"]) + 1), [_mean(v) for v in s["fvu"]], "o-", label=f"{row} (k={k_show})")
-            ax1.set(xlabel="final-prefix L0", ylabel="final-prefix FVU (held-out)", title=f"frontier, L{layer} {mode}")
-            ax2.set(xlabel="prefix", ylabel="FVU (held-out)", title=f"per-prefix FVU, {budget} budget")
+                ends = [p["latents"] for p in sel[(layer, budget, k_show, row)][0]["eval"]["prefixes"]]
+                ax2.plot(ends, [_mean(v) for v in s["fvu"]], "o-", label=f"{row} (k={k_show}, n={len(s['seeds'])})")
+            ax1.set(xlabel="final-prefix L0 (held-out)", ylabel="final-prefix FVU (held-out)",
+                    title=f"frontier: layer {layer} {mode}, {budget} budget")  # fmt: skip
+            ax2.set(xlabel="prefix size (latents)", ylabel="FVU (held-out)", xscale="log",
+                    title=f"per-prefix FVU: layer {layer} {mode}, {budget} budget")  # fmt: skip
             for ax in (ax1, ax2):
                 ax.grid(alpha=0.3)
                 ax.legend(fontsize=7)
@@ -141,37 +199,52 @@ def plots(name: str, groups: dict[tuple, list[dict[str, Any]]], dest: Path) -> l
     return made
 
 
+INTRO = [
+    "# Quality benchmark (issue 13)", "",
+    "Generated by `python -m benchmarks.quality.report` from `benchmarks/quality/results/*.json` (written by "
+    "`python -m benchmarks.quality.run`; `make quality` runs both). Do not edit by hand.", "",
+    "Every row is trained by its own library's training code on the same activation cache (same train tokens, same "
+    "order per seed) at the same dictionary size (4096), groups / prefix ends (256/512/1024/2048/4096), k, batch "
+    "(2048) and token budget, and scored by one harness (`matryoshka_ext.eval.evaluate`) on the same held-out "
+    "cache: FVU and L0 per prefix and dead / dense fractions over every held-out token (122,880; dense = fires on "
+    "more than 10% of tokens), spliced ΔCE / CE recovered (vs zero ablation) / KL on the first held-out contexts "
+    "(transcoder rows; SAE rows are not spliced). Each model uses its own inference rule (the BatchTopK rows: "
+    "JumpReLU at their learned threshold; sparsify: per-row TopK). Rows: `benchmarks/quality/spec.py`; peer "
+    "settings and the defaults adjusted for short runs: `benchmarks/quality/train_peer.py` and the README beside "
+    "it. Spread = sample std over seeds; one seed shows its value alone.", "",
+]  # fmt: skip
+
+
 def render(docs: dict[str, dict[str, Any]], dest_dir: Path) -> str:
-    out = ["# Quality benchmark (issue 13)", "",
-           "Generated by `python -m benchmarks.quality.report` from `benchmarks/quality/results/*.json` "
-           "(written by `python -m benchmarks.quality.run`, `make quality`). Do not edit by hand.", "",
-           "Every row is trained by its own library's training code on the same activation cache (same train "
-           "tokens, same order per seed) at the same dictionary size, groups, k, batch and token budget, and "
-           "scored by one harness (`matryoshka_ext.eval.evaluate`) on the same held-out cache: FVU and L0 per "
-           "prefix, dead/dense fractions over every held-out token, spliced ΔCE / CE recovered (vs zero "
-           "ablation) / KL on the first held-out contexts (transcoder rows only). Each model uses its own "
-           "inference rule (BatchTopK rows: JumpReLU at their learned threshold; sparsify: per-row TopK). "
-           "Rows: see `benchmarks/quality/spec.py`; peer settings and the defaults capped for short runs: "
-           "`benchmarks/quality/train_peer.py`. Spread = sample std over seeds.", ""]  # fmt: skip
+    out = list(INTRO)
     for name, doc in sorted(docs.items()):
         meta = doc.get("meta", {})
         groups = group_runs(doc)
         grid = meta.get("grid", {})
-        out += [f"## Run `{name}`" + (" — REDUCED grid" if meta.get("reduced") else ""), ""]
-        caches = "; ".join(f"L{layer}: train {c['train_tokens']} tokens, held-out {c['heldout_tokens']} tokens"
+        mach = meta.get("machine", {})
+        out += [f"## Results `{name}`" + (" (reduced grid)" if meta.get("reduced") else ""), ""]
+        caches = "; ".join(f"layer {layer}: train {c['train_tokens']:,} tokens, held-out {c['heldout_tokens']:,}"
                            for layer, c in meta.get("caches", {}).items())  # fmt: skip
-        out += [f"- {meta.get('date_utc', '?')}, {meta.get('machine', {}).get('cpus', '?')} CPUs "
-                f"(load average at the end {meta.get('machine', {}).get('loadavg_end', ['?'])[0]:.1f}; the box is "
-                "shared, so times carry that load), whole run {meta.get('wall_s', 0) / 60:.0f} min.",
-                f"- Grid: seeds {grid.get('seeds')}, k {grid.get('ks')}, budgets {grid.get('budgets')}, "
-                f"splice tokens {grid.get('splice_tokens')}. Caches: {caches}.",
-                f"- Package defaults read at run time: {meta.get('defaults')}.", ""]  # fmt: skip
+        n_done = sum(1 for r in doc["runs"] if "eval" in r)
+        out += [f"- Started {meta.get('date_utc', '?')} on {mach.get('cpus', '?')} CPUs, {mach.get('threads', '?')} "
+                f"training thread(s); load average {mach.get('loadavg_start', ['?'])[0]} at the start (the box is "
+                "shared, so times carry that load; each run records its load before/after).",
+                f"- Caches: {caches}. Spliced tokens: {grid.get('splice_tokens')}. Scored runs: {n_done}.",
+                f"- Package defaults read at run time: {meta.get('defaults')}; peers: {meta.get('peer_versions')}.",
+                ""]  # fmt: skip
         unavailable = sorted({f"{r['row']} ({r['unavailable']})" for r in doc["runs"] if "unavailable" in r})
         if unavailable:
             out += ["Rows not run: " + "; ".join(unavailable) + ".", ""]
-        out += ["### All rows", ""] + main_table(groups) + [""]
-        out += ["### Where we stand (our Matryoshka row vs each other row, same mode, k, budget)", ""]
-        out += standing(groups) + [""]
+        for budget in ("tokens", "time"):
+            for k in sorted({g[2] for g in groups if g[1] == budget}):
+                what = "equal tokens" if budget == "tokens" else "equal wall-clock (peers trained for our time)"
+                out += [f"### {what}, k = {k}", ""] + rows_table(groups, budget, k) + [""]
+        sp = splice_table(groups)
+        if sp:
+            out += ["### Spliced loss per prefix", ""] + sp + [""]
+        st = standing(groups)
+        if st:
+            out += ["### Where we stand", ""] + st
         for png in plots(name, groups, dest_dir):
             out += [f"![{png}]({png})", ""]
     return "\n".join(out) + "\n"
@@ -181,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--results", default=str(HERE / "results"))
     p.add_argument("--out", default=str(DOC))
-    p.add_argument("--include-smoke", action="store_true", help="also render results named smoke*/test*")
+    p.add_argument("--include-smoke", action="store_true", help="also render documents named smoke*/test*")
     a = p.parse_args(argv)
     docs = {}
     for f in sorted(Path(a.results).glob("*.json")):
@@ -189,8 +262,9 @@ def main(argv: list[str] | None = None) -> None:
             continue
         docs[f.stem] = json.loads(f.read_text())
     out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(docs, out.parent))
-    print(f"[quality] wrote {out} ({len(docs)} result files)")
+    print(f"[quality] wrote {out} ({len(docs)} results documents)")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,24 @@
-"""Run the quality comparison: train every row of the grid with its own code, score all with one harness.
+"""Run the quality comparison: train every job of the grid with its own code, score each with one harness.
 
-    python -m benchmarks.quality.run                  # the full grid (make quality): 3 seeds, k 16/32/64, 2 budgets
-    python -m benchmarks.quality.run --reduced        # 1 seed, k = 32, equal tokens
+    python -m benchmarks.quality.run                  # the full grid (make quality); see spec.full_grid
+    python -m benchmarks.quality.run --reduced        # every row once: seed 0, k = 32, equal tokens
     python -m benchmarks.quality.run --rows ours,sparsify --seeds 0 --ks 32 --budgets tokens --name mine
 
-Trained models stay under --out (default /work/qbench or $MX_QBENCH): <row>/<seed>/ for layer 12, k 32, equal
-tokens, else L<layer>_k<k>_<budget>/<row>/<seed>/; a folder that already holds a finished training is reused
-(delete it to retrain). Results: benchmarks/quality/results/<name>.json; then ``python -m benchmarks.quality.report``.
-Our rows train in this process; peer rows in .venv-bench (``train_peer``; falls back to this interpreter when
-.venv-bench is missing and the peer imports here).
+Everything lives under --out (default $MX_QBENCH or /work/qbench): trained models in
+runs/L<layer>_k<k>_<budget>/<row>/s<seed>-<spec hash>/, and the results document <name>.json, rewritten after
+every job so that it can be read while the grid runs; it is mirrored to benchmarks/quality/results/<name>.json
+(what ``benchmarks.quality.report`` renders). Resumable: a job whose entry in the document was trained with
+today's spec (the TrainConfig defaults for our rows, the peer's arguments for theirs) and scored with today's
+evaluation settings is not rerun; a trained folder whose scoring is missing or stale is only re-scored.
+Our rows train in this process; peer rows in .venv-bench (``train_peer``; this interpreter when .venv-bench is
+missing), one at a time, with ``--threads`` threads (default $OMP_NUM_THREADS, else torch's default).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import subprocess
@@ -25,12 +29,13 @@ from typing import Any
 
 from . import exchange, harness
 from .caches import CachePair, build_cache_pair, cache_tokens, default_cache_pair, is_complete
-from .spec import ROWS, Grid, Row, reduced_grid
-from .train_ours import RowUnavailable
+from .spec import ROWS, Grid, Job, Part, Row, full_grid, reduced_grid, reference_row
+from .train_ours import RowUnavailable, training_spec
 from .train_ours import train as train_ours
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
+PEER_DISTS = ("sae-lens", "dictionary-learning", "eai-sparsify")
 
 
 def bench_python() -> str:
@@ -38,9 +43,9 @@ def bench_python() -> str:
     return str(py) if py.exists() else sys.executable
 
 
-def run_dir(out: str, row: str, seed: int, layer: int, k: int, budget: str) -> str:
-    tag = "" if (layer, k, budget) == (12, 32, "tokens") else f"L{layer}_k{k}_{budget}"
-    return os.path.join(out, tag, row, str(seed)) if tag else os.path.join(out, row, str(seed))
+def fingerprint(obj: Any) -> str:
+    """Short stable hash of a JSON-able object."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def _defaults() -> tuple[list[int], int, int]:
@@ -51,17 +56,27 @@ def _defaults() -> tuple[list[int], int, int]:
     return list(c.transcoder.group_sizes), c.batch_tokens, c.total_tokens
 
 
+def peer_versions(py: str) -> dict[str, str | None]:
+    """The peer distributions' versions in the interpreter that trains them (part of every peer row's spec)."""
+    code = (f"import importlib.metadata as m, json\nv = {{}}\nfor d in {PEER_DISTS!r}:\n"
+            "    try: v[d] = m.version(d)\n    except m.PackageNotFoundError: v[d] = None\nprint(json.dumps(v))")
+    out = subprocess.run([py, "-c", code], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def train_peer(row: Row, cache: str, path: str, seed: int, k: int, groups: list[int], batch: int,
-               tokens: int, seconds: float = 0.0) -> dict[str, Any]:  # fmt: skip
+               tokens: int, seconds: float, threads: int) -> dict[str, Any]:  # fmt: skip
     """Run ``train_peer`` for ``row`` in the bench environment; returns its JSON line."""
     cmd = [bench_python(), "-m", "benchmarks.quality.train_peer", "--impl", row.impl, "--mode", row.mode,
            "--cache", cache, "--out", path, "--name", row.name, "--seed", str(seed), "--k", str(k),
-           "--groups", ",".join(map(str, groups)), "--batch", str(batch), "--tokens", str(tokens)]  # fmt: skip
+           "--groups", ",".join(map(str, groups)), "--batch", str(batch), "--tokens", str(tokens),
+           "--threads", str(threads)]  # fmt: skip
     if seconds:
         cmd += ["--seconds", f"{seconds:.3f}"]
     if row.variant == "skip":
         cmd.append("--skip")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}  # fmt: skip
     os.makedirs(path, exist_ok=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(REPO))
     if proc.returncode != 0:
@@ -81,106 +96,205 @@ def load_model_of(row: Row, train: dict[str, Any], groups: list[int]) -> Any:
     return exchange.load(train["path"])
 
 
-def _train_one(row: Row, pair: CachePair, path: str, seed: int, k: int, groups: list[int], batch: int,
-               tokens: int, seconds: float = 0.0) -> dict[str, Any]:  # fmt: skip
-    done = os.path.join(path, "quality_train.json")
-    if os.path.exists(done):
-        with open(done) as fh:
-            return json.load(fh)
-    load0 = os.getloadavg()[0]
-    if row.impl == "ours":
-        info = train_ours(row.variant, row.mode, pair.train, path, seed, k, tokens)
-    else:
-        info = train_peer(row, pair.train, path, seed, k, groups, batch, tokens, seconds)
-    info["load_before"], info["load_after"] = load0, os.getloadavg()[0]
-    os.makedirs(path, exist_ok=True)
-    with open(done, "w") as fh:
-        json.dump(info, fh, indent=2)
-    return info
+class Results:
+    """The results document: {"meta": {...}, "runs": [entry, ...]}, one entry per job, written atomically after
+    every change to ``path`` and mirrored to ``mirror``."""
+
+    def __init__(self, path: Path, mirror: Path | None) -> None:
+        self.path, self.mirror = path, mirror
+        src = path if path.exists() else mirror if mirror is not None and mirror.exists() else None
+        self.doc: dict[str, Any] = json.loads(src.read_text()) if src is not None else {"meta": {}, "runs": []}
+
+    @staticmethod
+    def key(e: dict[str, Any] | Job) -> tuple:
+        if isinstance(e, Job):
+            return (e.layer, e.k, e.seed, e.budget, e.row)
+        return (e["layer"], e["k"], e["seed"], e["budget"], e["row"])
+
+    def get(self, job: Job) -> dict[str, Any] | None:
+        return next((e for e in self.doc["runs"] if self.key(e) == self.key(job)), None)
+
+    def put(self, entry: dict[str, Any]) -> None:
+        runs = [e for e in self.doc["runs"] if self.key(e) != self.key(entry)]
+        self.doc["runs"] = runs + [entry]
+        self.write()
+
+    def write(self) -> None:
+        text = json.dumps(self.doc, indent=1)
+        for dest in (self.path, self.mirror):
+            if dest is None:
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_suffix(".json.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, dest)
 
 
-def run_grid(grid: Grid, pairs: dict[int, CachePair], out: str, log=print) -> dict[str, Any]:
-    """Train every (layer, k, seed, budget, row) and evaluate; returns the results document."""
-    groups, batch, default_tokens = _defaults()
-    tokens = grid.total_tokens or default_tokens
-    rows = [ROWS[r] for r in grid.rows]
-    runs: list[dict[str, Any]] = []
-    for layer, pair in pairs.items():
-        for k in grid.ks:
-            for seed in grid.seeds:
-                ours_s: dict[str, float] = {}  # our training time per mode: the equal-time budget
-                eq_s: dict[str, float] = {}
-                for budget in ("tokens", "time"):
-                    if budget not in grid.budgets and not (budget == "tokens" and "time" in grid.budgets):
-                        continue
-                    for row in sorted(rows, key=lambda r: r.impl != "ours"):  # ours first: it sets the time
-                        if budget == "time" and row.impl == "ours":
-                            continue  # our row at equal time is our row at equal tokens
-                        path = run_dir(out, row.name, seed, layer, k, budget)
-                        seconds, n_tok = 0.0, tokens
-                        if budget == "time":
-                            base = "ours" if row.mode == "transcoder" else "ours_sae"
-                            if base not in ours_s:
-                                log(f"[quality] {row.name}: no {base} time to match; skipped")
-                                continue
-                            seconds = ours_s[base]
-                            # the schedule spans the tokens the peer can see in that time (from its equal-token run)
-                            rate = tokens / eq_s[row.name] if row.name in eq_s else None
-                            n_tok = max(batch, int(seconds * rate) // batch * batch) if rate else 4 * tokens
-                        t0 = time.perf_counter()
-                        try:
-                            info = _train_one(row, pair, path, seed, k, groups, batch, n_tok, seconds)
-                        except RowUnavailable as e:
-                            log(f"[quality] {row.name}: unavailable ({e})")
-                            runs.append({"row": row.name, "layer": layer, "k": k, "seed": seed, "budget": budget,
-                                         "unavailable": str(e)})  # fmt: skip
-                            continue
-                        log(f"[quality] L{layer} k{k} seed{seed} {budget:6s} {row.name:15s} trained "
-                            f"{info['tokens']} tokens in {info['train_s']:.1f} s ({time.perf_counter() - t0:.0f} s)")
-                        if budget == "tokens":
-                            eq_s[row.name] = info["train_s"]
-                            if row.impl == "ours" and row.variant == "matryoshka":
-                                ours_s[row.name] = info["train_s"]
-                        if budget in grid.budgets:
-                            runs.append({"row": row.name, **row.to_dict(), "layer": layer, "k": k, "seed": seed,
-                                         "budget": budget, "train": info})  # fmt: skip
-                # ours at equal time = ours at equal tokens (same model, listed under both budgets)
-                if "time" in grid.budgets:
-                    for r in [r for r in runs if r.get("budget") == "tokens" and r.get("impl") == "ours"
-                              and r["layer"] == layer and r["k"] == k and r["seed"] == seed]:  # fmt: skip
-                        runs.append({**r, "budget": "time"})
-        evaluate_layer(runs, layer, pair, grid, groups, log)
-    return {"runs": runs}
+class Runner:
+    """Trains and scores the grid's jobs one at a time, recording each in ``results`` as it finishes."""
 
+    def __init__(self, grid: Grid, pairs: dict[int, CachePair], out: str, results: Results, threads: int,
+                 log=print) -> None:  # fmt: skip
+        self.grid, self.pairs, self.out, self.res, self.threads, self.log = grid, pairs, out, results, threads, log
+        self.groups, self.batch, default_tokens = _defaults()
+        self.tokens = grid.total_tokens or default_tokens
+        self.versions = peer_versions(bench_python())
+        from matryoshka_ext.config import TrainConfig
 
-def evaluate_layer(runs: list[dict[str, Any]], layer: int, pair: CachePair, grid: Grid, groups: list[int],
-                   log=print) -> None:  # fmt: skip
-    """Score every trained run of ``layer`` in place (one evaluate call per mode; models loaded once)."""
-    mine = [r for r in runs if r["layer"] == layer and "train" in r]
-    lm = None
-    for mode in ("transcoder", "sae"):
-        todo = [r for r in mine if r["mode"] == mode]
-        if not todo:
-            continue
-        uniq: dict[str, Any] = {}
-        for r in todo:
-            uniq.setdefault(r["train"]["path"], r)
-        tcs = []
-        for path, r in uniq.items():
-            tc = load_model_of(ROWS[r["row"]], r["train"], groups)
-            tc.name = path
-            tcs.append(tc)
-        if mode == "transcoder" and grid.splice_tokens and lm is None:
+        self.model_dtype = TrainConfig().model_dtype
+        self._lm: dict[int, Any] = {}
+
+    # -- what a job is
+    def spec(self, job: Job) -> dict[str, Any]:
+        """What determines the job's trained model; raises RowUnavailable. Equal-time jobs need the reference
+        row's and their own equal-token entries (``Grid.jobs`` orders them first)."""
+        row = ROWS[job.row]
+        if row.impl == "ours":
+            cfg = training_spec(row.variant, job.seed, job.k, self.tokens)
+            return {"impl": "ours", "mode": row.mode, "config": cfg}
+        spec: dict[str, Any] = {"impl": row.impl, "mode": row.mode, "variant": row.variant, "seed": job.seed,
+                                "k": job.k, "groups": self.groups, "batch": self.batch, "tokens": self.tokens,
+                                "versions": {d: self.versions.get(d) for d in PEER_DISTS}}  # fmt: skip
+        if job.budget == "time":
+            ref = self.res.get(job._replace(budget="tokens", row=reference_row(job.row)))
+            own = self.res.get(job._replace(budget="tokens"))
+            if ref is None or "train" not in ref or own is None or "train" not in own:
+                raise RowUnavailable(f"equal-time {job.row} needs the equal-token {reference_row(job.row)} and "
+                                     f"{job.row} runs of the same layer, k and seed")  # fmt: skip
+            seconds = ref["train"]["train_s"]
+            rate = own["train"]["tokens"] / own["train"]["train_s"]
+            # schedules sized to the tokens it can see in that time; the clock stops it either way
+            spec.update(seconds=round(seconds, 3), ref_spec=ref["train_fp"],
+                        tokens=max(self.batch, -(-int(seconds * rate) // self.batch) * self.batch))  # fmt: skip
+        return spec
+
+    def fid_spec(self, job: Job) -> dict[str, Any]:
+        """What determines a job's fidelity scores (besides its model)."""
+        return {"heldout": self.pairs[job.layer].heldout, "heldout_tokens": self.grid.heldout_tokens, "harness": 2}
+
+    def splice_spec(self, job: Job) -> dict[str, Any] | None:
+        """What determines a job's spliced-loss scores; None when it is not spliced (SAE rows, "none")."""
+        which = self.grid.splice_of(job)
+        if ROWS[job.row].mode != "transcoder" or which == "none":
+            return None
+        return {"heldout": self.pairs[job.layer].heldout, "splice_tokens": self.grid.splice_tokens,
+                "prefixes": which, "model_dtype": self.model_dtype, "harness": 2}  # fmt: skip
+
+    def run_dir(self, job: Job, fp: str) -> str:
+        return os.path.join(self.out, "runs", f"L{job.layer}_k{job.k}_{job.budget}", job.row, f"s{job.seed}-{fp}")
+
+    # -- doing it
+    def train(self, job: Job, spec: dict[str, Any], path: str) -> dict[str, Any]:
+        """Train (or reuse the folder's finished training) and return its info."""
+        done = os.path.join(path, "quality_train.json")
+        if os.path.exists(done):
+            with open(done) as fh:
+                return json.load(fh)
+        row, pair = ROWS[job.row], self.pairs[job.layer]
+        load0 = os.getloadavg()[0]
+        if row.impl == "ours":
+            info = train_ours(row.variant, row.mode, pair.train, path, job.seed, job.k, self.tokens)
+        else:
+            info = train_peer(row, pair.train, path, job.seed, job.k, self.groups, self.batch, spec["tokens"],
+                              spec.get("seconds", 0.0), self.threads)  # fmt: skip
+        info["load_before"], info["load_after"] = load0, os.getloadavg()[0]
+        os.makedirs(path, exist_ok=True)
+        with open(done, "w") as fh:
+            json.dump(info, fh, indent=2)
+        return info
+
+    def lm(self, layer: int) -> Any:
+        if layer not in self._lm:
             t0 = time.perf_counter()
-            lm = harness.load_lm_and_contexts(layer)
-            log(f"[quality] LM loaded in {time.perf_counter() - t0:.0f} s")
+            self._lm[layer] = harness.load_lm_and_contexts(layer)
+            self.log(f"[quality] LM loaded in {time.perf_counter() - t0:.0f} s")
+        return self._lm[layer]
+
+    def do(self, job: Job) -> None:
+        """Train (unless its entry or folder holds today's training) and score the fidelity of one job."""
+        row = ROWS[job.row]
+        base = {"row": job.row, **row.to_dict(), "layer": job.layer, "k": job.k, "seed": job.seed,
+                "budget": job.budget}  # fmt: skip
+        try:
+            spec = self.spec(job)
+        except RowUnavailable as e:
+            self.log(f"[quality] {tuple(job)}: unavailable ({e})")
+            if (self.res.get(job) or {}).get("unavailable") != str(e):
+                self.res.put({**base, "unavailable": str(e)})
+            return
+        fp, ffp = fingerprint(spec), fingerprint(self.fid_spec(job))
+        old = self.res.get(job)
+        if old and old.get("train_fp") == fp and old.get("fid_fp") == ffp and "eval" in old:
+            return
         t0 = time.perf_counter()
-        res = harness.score(tcs, pair.heldout, mode, grid.heldout_tokens, grid.splice_tokens, lm, layer)
-        log(f"[quality] L{layer} {mode}: {len(tcs)} models scored in {time.perf_counter() - t0:.0f} s")
-        by_path = {e["name"]: harness.summarize(e) for e in res["transcoders"]}
-        for r in todo:
-            r["eval"] = by_path[r["train"]["path"]]
-            r["eval"]["clean"] = res["clean"]
+        if old and old.get("train_fp") == fp and "train" in old:
+            info = old["train"]
+        else:
+            info = self.train(job, spec, self.run_dir(job, fp))
+        t1 = time.perf_counter()
+        tc = load_model_of(row, info, self.groups)
+        tc.name = job.row
+        ev = harness.fidelity(tc, self.pairs[job.layer].heldout, row.mode, self.grid.heldout_tokens, job.layer)
+        t2 = time.perf_counter()
+        self.res.put({**base, "train": info, "train_fp": fp, "spec": spec, "eval": ev, "fid_fp": ffp,
+                      "fid_s": t2 - t1, "done_utc": _now()})  # fmt: skip
+        last = ev["prefixes"][-1]
+        self.log(f"[quality] L{job.layer} k{job.k} s{job.seed} {job.budget:6s} {job.row:15s} {info['tokens']} tok in "
+                 f"{info['train_s']:.0f} s (job {t1 - t0:.0f} s, fidelity {t2 - t1:.0f} s): final FVU "
+                 f"{last['fvu']:.4f}, L0 {last['l0_mean']:.1f}, dead {ev['dead_fraction']:.1%}, "
+                 f"dense {ev['dense_fraction']:.1%}")  # fmt: skip
+
+    def splice_group(self, jobs: list[Job]) -> None:
+        """Spliced loss of every scored job in ``jobs`` whose splice scores are missing or stale: one harness call
+        per prefix setting (the clean and ablation forwards shared by all models of the call)."""
+        todo: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+        for job in jobs:
+            sspec, e = self.splice_spec(job), self.res.get(job)
+            if sspec is None or e is None or "eval" not in e or e.get("splice_fp") == fingerprint(sspec):
+                continue
+            todo.setdefault(sspec["prefixes"], []).append((e, sspec))
+        for which, items in todo.items():
+            layer = items[0][0]["layer"]
+            tcs = []
+            for e, _ in items:
+                tc = load_model_of(ROWS[e["row"]], e["train"], self.groups)
+                tc.name = e["row"]
+                tcs.append(tc)
+            t0 = time.perf_counter()
+            scores, clean = harness.splice(tcs, self.pairs[layer].heldout, self.lm(layer), self.grid.splice_tokens,
+                                           which)  # fmt: skip
+            dt = time.perf_counter() - t0
+            for e, sspec in items:
+                for p, sp in zip(e["eval"]["prefixes"], scores[e["row"]]):
+                    p.update({k: sp[k] for k in harness.SPLICE_KEYS})
+                e["eval"]["clean"] = clean
+                e.update(splice_fp=fingerprint(sspec), splice_s=dt, splice_models=len(items))
+                self.res.put(e)
+            dce = ", ".join(f"{e['row']} {scores[e['row']][-1]['delta_ce']:.3f}" for e, _ in items)
+            self.log(f"[quality] spliced ({which} prefixes, {self.grid.splice_tokens} tokens) {len(items)} models in "
+                     f"{dt:.0f} s: final dCE {dce}")  # fmt: skip
+
+    def run(self) -> None:
+        t0 = time.perf_counter()
+        jobs = self.grid.jobs()
+        self.log(f"[quality] {len(jobs)} jobs; results -> {self.res.path}")
+        group: list[Job] = []
+        for i, job in enumerate(jobs):
+            self.log(f"[quality] job {i + 1}/{len(jobs)}: {tuple(job)}")
+            self.do(job)
+            group.append(job)
+            nxt = jobs[i + 1] if i + 1 < len(jobs) else None
+            if nxt is None or (nxt.layer, nxt.k, nxt.seed, nxt.budget) != (job.layer, job.k, job.seed, job.budget):
+                self.splice_group(group)
+                group = []
+        meta = self.res.doc.setdefault("meta", {})
+        meta["wall_s_last_session"] = time.perf_counter() - t0
+        meta["loadavg_end"] = os.getloadavg()
+        self.res.write()
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def resolve_pairs(layers: list[int], train: str | None, heldout: str | None, build: bool, wait_s: float,
@@ -205,9 +319,33 @@ def resolve_pairs(layers: list[int], train: str | None, heldout: str | None, bui
     return pairs
 
 
+def grid_from_args(a: argparse.Namespace) -> Grid:
+    """The full or reduced grid, or one Part from --rows/--seeds/--ks/--budgets (each defaulting to reduced's)."""
+    custom = any(getattr(a, n) for n in ("rows", "seeds", "ks", "budgets"))
+    if custom:
+        base = reduced_grid().parts[0]
+        conv = {"rows": str, "seeds": int, "ks": int, "budgets": str}
+        kw = {n: [c(s) for s in getattr(a, n).split(",") if s] if getattr(a, n) else getattr(base, n)
+              for n, c in conv.items()}  # fmt: skip
+        grid = Grid([Part(**kw)], splice_tokens=reduced_grid().splice_tokens)
+    else:
+        grid = reduced_grid() if a.reduced else full_grid()
+    layers = [int(s) for s in a.layers.split(",") if s]
+    for part in grid.parts:
+        part.layers = layers
+        try:
+            part.validate()
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+    grid.total_tokens = a.tokens or grid.total_tokens
+    grid.splice_tokens = a.splice_tokens if a.splice_tokens is not None else grid.splice_tokens
+    grid.heldout_tokens = a.heldout_tokens or grid.heldout_tokens
+    return grid
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--reduced", action="store_true", help="1 seed, k = 32, equal tokens")
+    p.add_argument("--reduced", action="store_true", help="every row once: seed 0, k = 32, equal tokens")
     p.add_argument("--rows", help=f"comma-separated rows (default all: {','.join(ROWS)})")
     p.add_argument("--seeds")
     p.add_argument("--ks")
@@ -221,41 +359,43 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--build-caches", action="store_true", help="build missing caches with the LM")
     p.add_argument("--wait-cache", type=float, default=0.0, help="seconds to wait for the caches to appear")
     p.add_argument("--out", default=os.environ.get("MX_QBENCH", "/work/qbench"))
-    p.add_argument("--name", help="results file stem (default: reduced or full)")
+    p.add_argument("--name", help="results document stem (default: reduced or full)")
+    p.add_argument("--no-mirror", action="store_true", help="do not mirror the document to benchmarks/quality/results")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 0) or None)
+    p.add_argument("--list", action="store_true", help="print the grid's jobs and exit")
     a = p.parse_args(argv)
-    grid = reduced_grid() if a.reduced else Grid()
-    if a.rows:
-        grid.rows = [r for r in a.rows.split(",") if r]
-        unknown = sorted(set(grid.rows) - set(ROWS))
-        if unknown:
-            raise SystemExit(f"unknown rows {unknown}; known: {list(ROWS)}")
-    for name, conv in (("seeds", int), ("ks", int), ("budgets", str), ("layers", int)):
-        v = getattr(a, name)
-        if v:
-            setattr(grid, name, [conv(s) for s in v.split(",") if s])
-    grid.total_tokens = a.tokens or grid.total_tokens
-    grid.splice_tokens = a.splice_tokens if a.splice_tokens is not None else grid.splice_tokens
-    grid.heldout_tokens = a.heldout_tokens or grid.heldout_tokens
-    pairs = resolve_pairs(grid.layers, a.train_cache, a.heldout_cache, a.build_caches, a.wait_cache)
-    t0 = time.perf_counter()
-    doc = run_grid(grid, pairs, a.out)
+    grid = grid_from_args(a)
+    if a.list:
+        for j in grid.jobs():
+            print(tuple(j))
+        return
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    threads = torch.get_num_threads()
+    name = a.name or ("reduced" if a.reduced else "full")
+    pairs = resolve_pairs(layers=[int(s) for s in a.layers.split(",") if s], train=a.train_cache,
+                          heldout=a.heldout_cache, build=a.build_caches, wait_s=a.wait_cache)  # fmt: skip
+    res = Results(Path(a.out) / f"{name}.json", None if a.no_mirror else RESULTS / f"{name}.json")
     groups, batch, default_tokens = _defaults()
-    doc["meta"] = {
-        "name": a.name or ("reduced" if a.reduced else "full"),
+    runner = Runner(grid, pairs, a.out, res, threads)
+    res.doc["meta"] = {
+        **res.doc.get("meta", {}),
+        "name": name,
         "reduced": a.reduced,
         "grid": grid.to_dict(),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "loadavg_end": os.getloadavg()},
+        "date_utc": _now(),
+        "machine": {"cpus": os.cpu_count(), "threads": threads, "loadavg_start": os.getloadavg()},
         "caches": {str(layer): {"train": p.train, "heldout": p.heldout, "train_tokens": cache_tokens(p.train),
                                 "heldout_tokens": cache_tokens(p.heldout)} for layer, p in pairs.items()},  # fmt: skip
         "defaults": {"group_sizes": groups, "batch_tokens": batch, "total_tokens": default_tokens},
-        "wall_s": time.perf_counter() - t0,
+        "peer_versions": runner.versions,
         "out": a.out,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    dest = RESULTS / f"{doc['meta']['name']}.json"
-    dest.write_text(json.dumps(doc, indent=1))
-    print(f"[quality] wrote {dest}")
+    res.write()
+    runner.run()
+    print(f"[quality] wrote {res.path}" + (f" and {res.mirror}" if res.mirror else ""))
 
 
 if __name__ == "__main__":

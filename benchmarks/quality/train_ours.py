@@ -58,8 +58,20 @@ def make_config(variant: str, seed: int, k: int, tokens: int | None, out_dir: st
     )  # fmt: skip
 
 
+# fields that say where and how loudly a run is written, not what it trains
+_PLACE = ("out_dir", "run_name", "resume")
+
+
+def training_spec(variant: str, seed: int, k: int, tokens: int | None) -> dict[str, Any]:
+    """What determines the trained model (the row's TrainConfig without its output place): a results entry
+    whose spec differs from today's defaults is stale and retrained."""
+    d = make_config(variant, seed, k, tokens, "").to_dict()
+    return {key: v for key, v in d.items() if key not in _PLACE}
+
+
 def train(variant: str, mode: str, cache: str, run_dir: str, seed: int, k: int, tokens: int | None) -> dict[str, Any]:
-    """Train and save under ``run_dir`` (a run folder ``load_transcoder`` reads); returns timing and config."""
+    """Train and save under ``run_dir`` (a run folder ``load_transcoder`` reads); returns timing and config.
+    ``train_s`` is the Trainer's own wall time, set-up (encoder initialisation) included."""
     from matryoshka_ext.training import Trainer
 
     cfg = make_config(variant, seed, k, tokens, os.path.dirname(run_dir))
@@ -67,6 +79,8 @@ def train(variant: str, mode: str, cache: str, run_dir: str, seed: int, k: int, 
     data = train_stream(cache, cfg.batch_tokens, cfg.seed, mode)
     trainer = Trainer(cfg, data, run_dir, torch.device("cpu"))
     res = trainer.run()
+    if res.interrupted:  # a signal stopped it early: not a finished row (run.py must not record it)
+        raise KeyboardInterrupt(f"training of {run_dir} interrupted at step {res.step}")
     return {
         "path": run_dir,
         "train_s": res.wall_time_s,
@@ -74,4 +88,5 @@ def train(variant: str, mode: str, cache: str, run_dir: str, seed: int, k: int, 
         "steps": res.step,
         "tokens": res.tokens_seen,
         "config": trainer.cfg.to_dict(),
+        "threads": torch.get_num_threads(),
     }

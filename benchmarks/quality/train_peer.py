@@ -38,10 +38,12 @@ def _scale(t: torch.Tensor) -> float:
     return float((t.shape[1] / t.pow(2).sum(1).mean()).sqrt())
 
 
-def _parity(path: str, x: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
-    """How far the exported folder, read back as our BaseTranscoder, is from the peer's own output on x."""
+def _parity(path: str, x: torch.Tensor, ref: torch.Tensor, saelens_ends: list[int] | None = None) -> dict[str, float]:
+    """How far the exported folder, read back as the harness reads it (our BaseTranscoder), is from the peer's
+    own inference output ``ref`` on raw rows x: the check that every row is scored as its library would run it."""
     with torch.no_grad():
-        got = exchange.load(path).reconstruct(x)
+        tc = exchange.load_saelens(path, saelens_ends, "peer") if saelens_ends else exchange.load(path)
+        got = tc.reconstruct(x)
     return {"export_rel_err": float((got - ref).norm() / ref.norm().clamp_min(1e-30))}
 
 
@@ -95,7 +97,14 @@ def train_saelens(r: _Run) -> tuple[str, dict[str, Any]]:
     sae.fold_activation_norm_scaling_factor(r.sx)  # raw units (SAELens' own fold)
     path = os.path.join(a.out, "saelens")
     sae.save_inference_model(path)
-    return path, {"format": "saelens", "lr": tcfg.lr}
+    # the inference folder as SAELens itself reads it back (JumpReLU at its learned top-k threshold)
+    from sae_lens import SAE
+
+    inf = SAE.load_from_disk(path, device="cpu")
+    x = r.sample_x()
+    with torch.no_grad():
+        ref = inf.decode(inf.encode(x))
+    return path, {"format": "saelens", "lr": tcfg.lr, "prefix_ends": a.ends, **_parity(path, x, ref, a.ends)}
 
 
 def train_dictionary_learning(r: _Run) -> tuple[str, dict[str, Any]]:

@@ -1,0 +1,134 @@
+"""The quality benchmark (benchmarks/quality) end to end on a tiny synthetic cache, so that the harness cannot rot.
+
+A reduced grid (k = 8, 4 steps of 2048 tokens, d = 32) runs through the real code path: our Trainer for our rows,
+SAELens' own SAETrainer (installed in the project venv) for a peer row at both budgets, and, where .venv-bench
+exists, dictionary_learning's and sparsify's trainers too; every model is scored by the harness, the results
+document is resumable, and the report renders it. The spliced loss needs the language model and is not run here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.quality import report
+from benchmarks.quality.caches import CachePair
+from benchmarks.quality.run import Results, Runner, bench_python, peer_versions
+from benchmarks.quality.spec import ROWS, Grid, Job, Part, full_grid, reference_row
+from matryoshka_ext.training.sources import SyntheticActivations, write_activation_cache
+
+K, TOKENS = 8, 8192
+REQUIRE = os.environ.get("MX_REQUIRE_PEERS", "") not in ("", "0")
+
+
+def _cache(path: Path, tokens: int, seed: int) -> str:
+    src = SyntheticActivations(d_in=32, d_out=32, batch_size=1024, n_features=256, active=6, seed=seed)
+    return write_activation_cache(src, tokens, str(path), dtype=torch.float32, progress=False)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """One grid run (and its rerun) shared by the tests below: (runner, results, rows, out folder)."""
+    tmp = tmp_path_factory.mktemp("quality")
+    pair = CachePair(12, _cache(tmp / "train", TOKENS, 1), _cache(tmp / "held", 4096, 2))
+    versions = peer_versions(bench_python())
+    if versions["sae-lens"] is None:
+        if REQUIRE:
+            pytest.fail("MX_REQUIRE_PEERS is set but sae-lens is not installed")
+        pytest.skip("sae-lens is not installed")
+    extra = []  # the other peers live only in .venv-bench (scripts/bench_env.sh), which scripts/test.sh does not build
+    if versions["dictionary-learning"]:
+        extra.append("dl_sae")
+    if versions["eai-sparsify"]:
+        extra += ["sparsify", "sparsify_sae"]
+    rows = ["ours", "ours_plain", "ours_seed", "ours_sae", "saelens_sae"] + extra
+    grid = Grid([Part(rows, [0], [K], ["tokens"], splice="none"), Part(["saelens_sae"], [0], [K], ["time"])],
+                total_tokens=TOKENS, splice_tokens=0)  # fmt: skip
+    out = tmp / "out"
+    res = Results(out / "test.json", out / "mirror" / "test.json")
+    runner = Runner(grid, {12: pair}, str(out), res, threads=torch.get_num_threads(), log=lambda *_: None)
+    runner.run()
+    return runner, res, rows, out
+
+
+def test_grid_jobs_order_prerequisites_first():
+    jobs = full_grid().jobs()
+    assert len(jobs) == len(set(jobs))
+    pos = {j: i for i, j in enumerate(jobs)}
+    timed = [j for j in jobs if j.budget == "time"]
+    assert timed and all(ROWS[j.row].impl != "ours" for j in timed)
+    for j in timed:  # the reference row's time and the peer's own token rate are known before it runs
+        assert pos[j._replace(budget="tokens", row=reference_row(j.row))] < pos[j]
+        assert pos[j._replace(budget="tokens")] < pos[j]
+    g = full_grid()
+    assert g.splice_of(Job(12, 32, 0, "tokens", "ours")) == "all"
+    assert g.splice_of(Job(12, 32, 1, "tokens", "ours")) == "last"
+
+
+def test_every_row_trained_by_its_code_and_scored(bench):
+    runner, res, rows, _ = bench
+    doc = json.loads(res.path.read_text())
+    assert json.loads(res.mirror.read_text()) == doc
+    by = {(r["row"], r["budget"]): r for r in doc["runs"]}
+    for row in rows:
+        e = by[(row, "tokens")]
+        ev = e["eval"]
+        assert ev["n_tokens"] == 4096  # every held-out row
+        nested = ROWS[row].variant in ("matryoshka", "seed")
+        assert [p["latents"] for p in ev["prefixes"]] == ([256, 512, 1024, 2048, 4096] if nested else [4096])
+        for p in ev["prefixes"]:
+            assert 0 < p["fvu"] < float("inf") and p["l0_mean"] > 0  # 4 steps: a peer may still be far off
+        assert 0 <= ev["dead_fraction"] <= 1 and 0 <= ev["dense_fraction"] <= 1
+        assert e["train"]["tokens"] == TOKENS // 2048 * 2048
+        if ROWS[row].impl != "ours":
+            # the harness reads the export exactly as the peer's own inference computes it
+            assert e["train"]["export_rel_err"] < 1e-4, (row, e["train"]["export_rel_err"])
+        if ROWS[row].impl == "sparsify":
+            assert all(p["l0_mean"] == K for p in ev["prefixes"])  # per-row TopK at inference
+    assert by[("ours_seed", "tokens")]["spec"]["config"]["transcoder"]["prefix_weights"][:-1] == [0.0] * 4
+
+
+def test_equal_time_budget_is_our_training_time(bench):
+    _, res, _, _ = bench
+    doc = json.loads(res.path.read_text())
+    by = {(r["row"], r["budget"]): r for r in doc["runs"]}
+    ours, peer, timed = by[("ours_sae", "tokens")], by[("saelens_sae", "tokens")], by[("saelens_sae", "time")]
+    assert timed["spec"]["seconds"] == pytest.approx(ours["train"]["train_s"], abs=1e-3)
+    step_s = peer["train"]["train_s"] / peer["train"]["steps"]
+    # the clock is checked before every step: at most one step past our time (x3 slack for a loaded box)
+    assert timed["train"]["train_s"] <= ours["train"]["train_s"] + 3 * step_s + 1.0
+    assert 1 <= timed["train"]["steps"] <= timed["spec"]["tokens"] // 2048
+
+
+def test_rerun_retrains_nothing_and_stale_specs_retrain(bench):
+    runner, res, _, out = bench
+    before = res.path.read_text()
+    marks = {p: p.stat().st_mtime_ns for p in out.rglob("quality_train.json")}
+    runner.run()  # everything in the document is current: nothing is trained or scored again
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("quality_train.json")} == marks
+    assert json.loads(res.path.read_text())["runs"] == json.loads(before)["runs"]
+    # a changed training spec (here the token budget) makes our row stale: retrained into a new folder
+    runner.grid = Grid([Part(["ours"], [0], [K], ["tokens"], splice="none")], total_tokens=2 * TOKENS, splice_tokens=0)
+    runner.tokens = 2 * TOKENS
+    runner.run()
+    e = res.get(Job(12, K, 0, "tokens", "ours"))
+    assert e["train"]["tokens"] == 2 * TOKENS
+    assert len(list((out / "runs" / f"L12_k{K}_tokens" / "ours").iterdir())) == 2
+
+
+def test_report_renders_every_row(bench, tmp_path):
+    _, res, rows, _ = bench
+    doc = json.loads(res.path.read_text())
+    text = report.render({"test": doc}, tmp_path)
+    for row in rows:
+        assert f"| {row} |" in text
+    assert "### Where we stand" in text and "### saelens_sae" in text
+    assert "equal wall-clock" in text
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert "quality_test_L12_tokens_sae.png" in pngs and "quality_test_L12_tokens_transcoder.png" in pngs
+    for png in pngs:
+        assert f"]({png})" in text and (tmp_path / png).stat().st_size > 1000
