@@ -91,6 +91,9 @@ def export_command(args: argparse.Namespace) -> int:
     try:
         weights = _weights(args)
         many = len(weights) > 1
+        if any(fmt == "dictionary-learning" for fmt, _ in args.to):  # refuse before any format is written
+            for w in weights:
+                w.require_no_skip("dictionary_learning export")
         for fmt, out_dir in args.to:
             if fmt == "saelens":
                 for w in weights:

@@ -159,9 +159,10 @@ def test_dictionary_learning_refuses_skip_and_says_why(skip_saved, tmp_path, cap
 
     p = argparse.ArgumentParser()
     add_export_arguments(p)
-    rc = export_command(p.parse_args([str(skip_saved[1]), "--layer", "1", "--to", "dictionary-learning",
-                                      str(tmp_path / "dl2")]))  # fmt: skip
+    rc = export_command(p.parse_args([str(skip_saved[1]), "--layer", "1", "--to", "saelens", str(tmp_path / "sl"),
+                                      "--to", "dictionary-learning", str(tmp_path / "dl2")]))  # fmt: skip
     assert rc == 2 and "W_skip" in capsys.readouterr().err
+    assert not (tmp_path / "sl").exists()  # refused before any format was written
 
 
 def test_saebench_adapter_forward_includes_skip(skip_tcs, skip_saved, probe_x):
