@@ -31,7 +31,7 @@ from .._timing import stage
 from ..data.sites import Sites
 from ..loaders.base import BaseTranscoder
 from .metrics import FidelityStats, SparsityStats
-from .splice import SpliceStats, splice_batch
+from .splice import LogitScorer, SpliceStats, splice_batch
 
 
 @dataclass
@@ -42,7 +42,7 @@ class EvalConfig:
                           so exactly this many are used (fewer only if the stream ends)
     splice_tokens         scored next-token predictions for the spliced loss (0 = no splicing); whole contexts
     batch_contexts        contexts per language-model forward for the fidelity pass
-    splice_batch_contexts contexts per spliced forward (logits are [B, T, vocab]: keep this small for 256k vocabs)
+    splice_batch_contexts contexts per spliced forward (the clean softmax of B*T rows is kept: [B*T, vocab] float32)
     splice_prefixes       "all", "last", or a list of 1-based prefix numbers to splice (each costs one forward)
     dense_threshold       a latent is "dense" when it fires on more than this fraction of tokens
     chunk_tokens          rows per transcoder call (bounds the [rows, F] encoder pre-activations)
@@ -171,6 +171,7 @@ def evaluate(
         res["fidelity_source"] = source
         return res
     n_fid = 0
+    scorer = None  # one LogitScorer (its buffers) for every spliced batch
     bar = _progress(cfg.n_tokens, progress)
     for tokens in _batches(contexts, cfg.batch_contexts):
         if n_fid >= cfg.n_tokens and splice_stats.n.get("clean", 0) >= cfg.splice_tokens:
@@ -183,7 +184,8 @@ def evaluate(
         for sub, sub_keep in zip(tokens.split(step), keep.split(step)):
             if splice_stats.n.get("clean", 0) < cfg.splice_tokens:
                 variants = [((e.tc.name, p), _replacer(e.tc, p)) for e in entries for p in e.splice_prefixes]
-                x, y = splice_batch(model, sites, sub, sub_keep, variants, splice_stats, cfg.splice_from_layer)
+                scorer = scorer or LogitScorer(model)
+                x, y = splice_batch(model, sites, sub, sub_keep, variants, splice_stats, cfg.splice_from_layer, scorer)
             else:  # fidelity only: stop the forward after the transcoded block
                 _, cache = model.run_with_cache(sub, names_filter=list(sites.hooks), stop_at_layer=sites.layer + 1)
                 x, y = cache[sites.input_hook], cache[sites.output_hook]
@@ -243,13 +245,14 @@ def _splice_only(
     dev = _device_of(model)
     variants = [((e.tc.name, p), _replacer(e.tc, p)) for e in entries for p in e.splice_prefixes]
     bar = _progress(cfg.splice_tokens, progress, f"eval: spliced loss ({3 + len(variants)} forwards/batch)")
+    scorer = LogitScorer(model)
     for tokens in _batches(contexts, cfg.splice_batch_contexts):
         done = stats.n.get("clean", 0)
         if done >= cfg.splice_tokens:
             break
         tokens = tokens.to(dev)
         keep = ~torch.isin(tokens, exclude.to(dev))
-        splice_batch(model, sites, tokens, keep, variants, stats, cfg.splice_from_layer)
+        splice_batch(model, sites, tokens, keep, variants, stats, cfg.splice_from_layer, scorer)
         bar.update(min(stats.n.get("clean", 0), cfg.splice_tokens) - done)
     bar.close()
 

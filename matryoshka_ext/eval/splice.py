@@ -16,6 +16,16 @@ position t (of token t+1) is scored when tokens t and t+1 are both kept.
 Per variant we accumulate (float64): CE = mean -log p(token_{t+1}), and KL(clean || variant) =
 mean sum_v p_clean(v) (log p_clean(v) - log p_variant(v)). Summaries:
 delta CE = CE_variant - CE_clean; CE loss recovered vs ablation A = (CE_A - CE_variant) / (CE_A - CE_clean).
+
+How (``LogitScorer``): a forward stops at the final residual stream and only the scored rows [S, d] are
+unembedded, into reused buffers (in row chunks of at most ``max_elements`` logits). CE and KL come from
+logsumexp: with z the logits, lse = logsumexp(z), p = softmax(z_clean),
+
+    CE_row = lse - z[target],    KL_row = sum p z_clean - lse_clean - (sum p z - lse) (sum p = 1),
+
+(each z shifted by its row maximum first, for float32 accuracy),
+so the clean pass keeps one [S, V] float32 array (p) and each variant needs a GEMM, one dot product per row
+and one logsumexp, with no [B, T, V] logits, log-softmax or product copies.
 """
 
 from __future__ import annotations
@@ -35,11 +45,6 @@ def scored_positions(keep: torch.Tensor) -> torch.Tensor:
     return keep[:, :-1] & keep[:, 1:]
 
 
-def _log_probs_at(logits: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
-    """logits [B, T, V] -> float32 log-probabilities [S, V] of the scored predictions."""
-    return torch.log_softmax(logits[:, :-1][scored].float(), dim=-1)
-
-
 class SpliceStats:
     """Float64 sums of CE and KL(clean || variant) per variant key."""
 
@@ -48,16 +53,11 @@ class SpliceStats:
         self.kl: dict[Any, float] = {}
         self.n: dict[Any, int] = {}
 
-    def add(self, key: Any, lp: torch.Tensor, targets: torch.Tensor, clean_lp: torch.Tensor | None) -> None:
-        """lp [S, V] log-probs of this variant, targets [S], clean_lp [S, V] (None for the clean run)."""
-        ce = -lp.gather(1, targets[:, None])[:, 0]
+    def add(self, key: Any, ce: torch.Tensor, kl: torch.Tensor | None) -> None:
+        """Per-row CE [S] and KL [S] of one variant on one batch (kl None: the clean run, KL 0)."""
         self.ce[key] = self.ce.get(key, 0.0) + float(ce.double().sum())
-        if clean_lp is not None:
-            kl = (clean_lp.exp() * (clean_lp - lp)).sum(-1)
-            self.kl[key] = self.kl.get(key, 0.0) + float(kl.double().sum())
-        else:
-            self.kl[key] = 0.0
-        self.n[key] = self.n.get(key, 0) + int(targets.numel())
+        self.kl[key] = self.kl.get(key, 0.0) + (float(kl.double().sum()) if kl is not None else 0.0)
+        self.n[key] = self.n.get(key, 0) + int(ce.numel())
 
     def mean_ce(self, key: Any) -> float:
         return self.ce[key] / max(self.n[key], 1)
@@ -98,9 +98,112 @@ def resid_hook(sites: Sites) -> str:
     return f"blocks.{sites.layer}.hook_resid_pre"
 
 
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[r, V] . [r, V] -> [r] without an [r, V] product (a batched GEMV)."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2))[:, 0, 0]
+
+
+class LogitScorer:
+    """Per-row CE and KL(clean || variant) from final residual streams at the scored positions.
+
+    Holds one TransformerLens model's final norm and unembedding (``W_U`` [d, V], ``b_U``, the output soft-cap)
+    and buffers reused across calls. ``clean(h, targets)`` with h [S, d] (``final_rows``) keeps the clean
+    softmax p [S, V] and returns CE [S]; ``variant(h)`` returns (CE [S], KL [S]) on the same rows. The GEMM
+    runs in the model's dtype, as the model's own unembed does; reductions are in float32 (float64 for a
+    float64 model), over row chunks of at most ``max_elements`` logits.
+    """
+
+    def __init__(self, model: Any, max_elements: int = 1 << 26) -> None:
+        self.W = model.unembed.W_U
+        self.b = model.unembed.b_U
+        self.ln_final = model.ln_final if getattr(model.cfg, "normalization_type", None) is not None else None
+        cap = getattr(model.cfg, "output_logits_soft_cap", None)
+        self.cap = float(cap) if cap is not None and cap > 0 else None
+        self.vocab = int(self.W.shape[1])
+        self.rows = max(1, max_elements // self.vocab)
+        self.acc = torch.float64 if self.W.dtype == torch.float64 else torch.float32
+        self._z: torch.Tensor | None = None  # [rows, V] logits in the model's dtype (when it is not acc)
+        self._buf: torch.Tensor | None = None  # [rows, V] logits in acc, then exp(z - max) in place
+        self._p: torch.Tensor | None = None  # [>= S, V] clean softmax
+        self._n = 0  # rows of the last clean call
+        self._negent: torch.Tensor | None = None  # [S] sum_v p log p of the clean run
+        self._psum: torch.Tensor | None = None  # [S] sum_v p (1 up to rounding; kept so KL is exact algebra)
+        self._targets: torch.Tensor | None = None
+
+    def final_rows(self, resid: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+        """Final residual stream [B, T, d] -> the normalized rows that predict a scored token [S, d]."""
+        h = resid[:, :-1][scored]
+        return self.ln_final(h) if self.ln_final is not None else h
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """h [r, d] -> logits [r, V] in acc (a view of the reused buffer; r <= self.rows)."""
+        r = h.shape[0]
+        if self._buf is None or self._buf.shape[0] < r or self._buf.device != h.device:
+            self._buf = torch.empty(r, self.vocab, dtype=self.acc, device=h.device)
+            if self.W.dtype != self.acc:
+                self._z = torch.empty(r, self.vocab, dtype=self.W.dtype, device=h.device)
+        buf = self._buf[:r]
+        if self._z is None:
+            torch.addmm(self.b.to(self.acc), h.to(self.acc), self.W, out=buf)
+        else:
+            z = self._z[:r]
+            torch.addmm(self.b, h.to(self.W.dtype), self.W, out=z)
+            buf.copy_(z)
+        if self.cap is not None:
+            buf.div_(self.cap).tanh_().mul_(self.cap)
+        return buf
+
+    @staticmethod
+    def _shift(z: torch.Tensor) -> None:
+        """z -= rowmax(z) in place: log-probs are z - log(sum exp z), and the dot products below then sum small
+        terms where p is large (float32 sums of p * z over 262k raw logits of ~30 lost ~1e-3 of KL)."""
+        z.sub_(z.amax(-1, keepdim=True))
+
+    @torch.no_grad()
+    def clean(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Clean rows h [S, d], next tokens [S] -> CE [S]; keeps p, sum p log p and sum p for `variant`."""
+        S = h.shape[0]
+        if self._p is None or self._p.shape[0] < S or self._p.device != h.device:
+            self._p = torch.empty(S, self.vocab, dtype=self.acc, device=h.device)
+        ce = torch.empty(S, dtype=self.acc, device=h.device)
+        negent, psum = torch.empty_like(ce), torch.empty_like(ce)
+        for i in range(0, S, self.rows):
+            z = self._logits(h[i : i + self.rows])
+            r = z.shape[0]
+            p = self._p[i : i + r]
+            self._shift(z)
+            torch.exp(z, out=p)
+            log_s = p.sum(-1).log_()  # logsumexp of the shifted logits
+            p.div_(p.sum(-1, keepdim=True))
+            psum[i : i + r] = p.sum(-1)
+            negent[i : i + r] = _rowdot(p, z) - log_s * psum[i : i + r]  # sum p (z - lse)
+            ce[i : i + r] = log_s - z.gather(1, targets[i : i + r, None])[:, 0]
+        self._n, self._negent, self._psum, self._targets = S, negent, psum, targets
+        return ce
+
+    @torch.no_grad()
+    def variant(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Intervened rows h [S, d] (the same rows as the last `clean` call) -> (CE [S], KL(clean || this) [S])."""
+        if self._targets is None or h.shape[0] != self._n:
+            raise ValueError(f"variant rows ({h.shape[0]}) must match the last clean call ({self._n})")
+        ce = torch.empty(self._n, dtype=self.acc, device=h.device)
+        kl = torch.empty_like(ce)
+        for i in range(0, self._n, self.rows):
+            z = self._logits(h[i : i + self.rows])
+            r = z.shape[0]
+            self._shift(z)
+            zt = z.gather(1, self._targets[i : i + r, None])[:, 0]
+            cross = _rowdot(self._p[i : i + r], z)  # sum p_clean z_variant, before z is overwritten
+            log_s = z.exp_().sum(-1).log_()
+            ce[i : i + r] = log_s - zt
+            kl[i : i + r] = self._negent[i : i + r] - (cross - log_s * self._psum[i : i + r])
+        return ce, kl
+
+
 @torch.no_grad()
 def clean_forward(model: Any, sites: Sites, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One full forward: logits [B, T, V] and {"x", "y", "resid"} captured with hooks ([B, T, d] each)."""
+    """One forward up to the final residual stream [B, T, d] (no unembedding), with {"x", "y", "resid"}
+    captured by hooks ([B, T, d] each)."""
     store: dict[str, torch.Tensor] = {}
 
     def grab(name: str) -> Callable:
@@ -111,8 +214,8 @@ def clean_forward(model: Any, sites: Sites, tokens: torch.Tensor) -> tuple[torch
         return fn
 
     hooks = [(sites.input_hook, grab("x")), (sites.output_hook, grab("y")), (resid_hook(sites), grab("resid"))]
-    logits = model.run_with_hooks(tokens, return_type="logits", fwd_hooks=hooks)
-    return logits, store
+    final = model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)
+    return final, store
 
 
 @torch.no_grad()
@@ -124,23 +227,25 @@ def splice_batch(
     variants: Sequence[tuple[Any, Replace]],
     stats: SpliceStats,
     from_layer: bool = True,
+    scorer: LogitScorer | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Score the clean run, zero and mean ablation and every ``(key, replace)`` variant on one batch.
 
     tokens, keep [B, T]. With ``from_layer`` the intervened forwards restart from the clean residual stream
     entering block L (``start_at_layer``): blocks before L cannot see the change, so this only skips
-    recomputing them (bit-identical logits; checked in the tests). Returns the clean (x, y) [B, T, d] so
-    callers can reuse the forward for fidelity metrics.
+    recomputing them (bit-identical logits; checked in the tests). ``scorer``: a `LogitScorer` of this model
+    to reuse across batches (its buffers), else a new one. Returns the clean (x, y) [B, T, d] so callers can
+    reuse the forward for fidelity metrics.
     """
-    logits, store = clean_forward(model, sites, tokens)
+    scorer = scorer or LogitScorer(model)
+    final, store = clean_forward(model, sites, tokens)
     x, y = store["x"], store["y"]
     scored = scored_positions(keep)
     targets = tokens[:, 1:][scored]
     if targets.numel() == 0:
         return x, y
-    clean_lp = _log_probs_at(logits, scored)
-    del logits
-    stats.add("clean", clean_lp, targets, None)
+    stats.add("clean", scorer.clean(scorer.final_rows(final, scored), targets), None)
+    del final
     y_mean = y[keep].float().mean(0)
     d_out = y.shape[-1]
 
@@ -159,7 +264,9 @@ def splice_batch(
     start = {"start_at_layer": sites.layer} if from_layer else {}
     inp = store["resid"] if from_layer else tokens
     for key, replace in [("zero", zero), ("mean", mean), *variants]:
-        out = model.run_with_hooks(inp, return_type="logits", fwd_hooks=_hooks(sites, keep, replace), **start)
-        stats.add(key, _log_probs_at(out, scored), targets, clean_lp)
+        out = model.run_with_hooks(
+            inp, fwd_hooks=_hooks(sites, keep, replace), stop_at_layer=model.cfg.n_layers, **start
+        )
+        stats.add(key, *scorer.variant(scorer.final_rows(out, scored)))
         del out
     return x, y
