@@ -175,8 +175,12 @@ def _fallback_data_args(args: argparse.Namespace) -> None:
 
 
 def run_eval_cache(args: argparse.Namespace, run: Any, sites: Any) -> str | None:
-    """Path of the run's held-out activation cache when it exists and matches what the flags ask for."""
-    if run is None or getattr(args, "no_cache", False) or not run.eval_tokens or not run.eval_split:
+    """Path of the run's held-out activation cache when it exists and matches what the flags ask for; else None,
+    saying on stderr why the language model computes FVU/L0/density instead (when there is a run)."""
+    if run is None or not run.eval_tokens or not run.eval_split:
+        return None
+    if getattr(args, "no_cache", False):
+        print("eval: --no-cache: FVU/L0/density from the language model", file=sys.stderr)
         return None
     from ..data.sites import sites_for
     from ..training.pipeline import cache_key, cache_root_dir
@@ -190,9 +194,21 @@ def run_eval_cache(args: argparse.Namespace, run: Any, sites: Any) -> str | None
         and (args.n_tokens is None or args.n_tokens <= run.eval_tokens)
     )
     if not same:
+        print(
+            "eval: the flags ask for other sites, data or more tokens than the run's held-out activation cache "
+            f"({run.eval_tokens} tokens): FVU/L0/density from the language model",
+            file=sys.stderr,
+        )
         return None
     path = os.path.join(cache_root_dir(run), cache_key(run, run.eval_split, run.eval_tokens))
-    return path if cache_is_complete(path) else None
+    if not cache_is_complete(path):
+        what = "incomplete" if os.path.exists(path) else "missing"
+        print(
+            f"eval: the run's held-out activation cache is {what} ({path}): FVU/L0/density from the language model",
+            file=sys.stderr,
+        )
+        return None
+    return path
 
 
 def _device(name: str) -> Any:
@@ -374,10 +390,8 @@ def compare_command(args: argparse.Namespace) -> int:
 
 def samples_command(args: argparse.Namespace) -> int:
     """Collect top activating contexts; writes samples.{safetensors,json}, samples.md and browser.html."""
-    import torch
-
-    from .browser import write_browser, write_markdown_report
-    from .interp import CoactivationStats, decoder_redundancy
+    from .._timing import stage
+    from .interp import CoactivationStats
     from .samples import collect_samples
 
     left, right = (int(v) for v in args.window.split(","))
@@ -390,22 +404,35 @@ def samples_command(args: argparse.Namespace) -> int:
     coact = None
     if args.coact_latents > 0:
         coact = CoactivationStats(tc.num_latents, args.coact_latents, device=model.cfg.device)
-    samples = collect_samples(
-        tc,
-        model,
-        sites,
-        contexts,
-        n_tokens=args.n_tokens,
-        top_n=args.top_n,
-        window=(left, right),
-        batch_contexts=args.batch_contexts,
-        chunk_tokens=args.chunk_tokens,
-        progress=not args.no_progress,
-        on_acts=coact.update if coact is not None else None,
-    )
+    with stage("samples: top contexts (LM + transcoder)"):
+        samples = collect_samples(
+            tc,
+            model,
+            sites,
+            contexts,
+            n_tokens=args.n_tokens,
+            top_n=args.top_n,
+            window=(left, right),
+            batch_contexts=args.batch_contexts,
+            chunk_tokens=args.chunk_tokens,
+            progress=not args.no_progress,
+            on_acts=coact.update if coact is not None else None,
+        )
     if coact is not None:
         v, i = coact.max_jaccard()
         samples.stats["coact_max_jaccard"], samples.stats["coact_partner"] = v, i
+    with stage("samples: decoder redundancy, reports, browser"):
+        _write_samples(args, tc, samples, model_name)
+    return 0
+
+
+def _write_samples(args: argparse.Namespace, tc: Any, samples: Any, model_name: str) -> None:
+    """Decoder max-cosine stats (when cheap enough), then samples.{safetensors,json}, samples.md, browser.html."""
+    import torch
+
+    from .browser import write_browser, write_markdown_report
+    from .interp import decoder_redundancy
+
     W = tc.decoder_weights()
     cost = tc.num_latents**2 * tc.d_out
     if W is not None and (args.redundancy == "on" or (args.redundancy == "auto" and cost <= 2e12)):
@@ -420,7 +447,6 @@ def samples_command(args: argparse.Namespace) -> int:
     live = int((samples.fire_count > 0).sum())
     print(f"{samples.n_tokens} tokens scanned; {live}/{tc.num_latents} latents fired")
     print(f"wrote samples.safetensors, samples.json, samples.md, browser.html to {out}")
-    return 0
 
 
 def _print_summary(res: dict[str, Any]) -> None:

@@ -381,7 +381,7 @@ def collect_samples(
     dev = _device_of(model)
     col = TopActivationCollector(tc.num_latents, top_n, window, device=dev)
     next_ctx = 0
-    bar = _progress(n_tokens, progress)
+    bar = _progress(n_tokens, progress, "samples: top contexts")
     for tokens in _batches(contexts, batch_contexts):
         if col.n_tokens >= n_tokens:
             break
