@@ -1,5 +1,5 @@
 # Benchmarks (issue 6). Tests: bash scripts/test.sh; the main job: bash scripts/run.sh.
-.PHONY: bench bench-full bench-env bench-results
+.PHONY: bench bench-full bench-env bench-results quality quality-report
 
 bench:          ## CPU suite (a few minutes on 2 idle cores) -> benchmarks/RESULTS.md
 	bash scripts/bench.sh
@@ -12,3 +12,13 @@ bench-env:      ## only the benchmark environment .venv-bench (peers + our packa
 
 bench-results:  ## regenerate benchmarks/RESULTS.md from benchmarks/results/*.json
 	.venv-bench/bin/python -m benchmarks.results
+
+# Quality benchmark (issue 13; benchmarks/quality/README.md): every row trained by its own code on one cache,
+# scored by one harness; resumable (jobs already in $MX_QBENCH/full.json are not rerun), caches built if missing.
+quality:        ## the full quality grid (about an hour on 2 idle cores) -> benchmarks/QUALITY.md
+	bash scripts/bench_env.sh
+	.venv/bin/python -m benchmarks.quality.run --build-caches $(QUALITY_ARGS)
+	.venv/bin/python -m benchmarks.quality.report
+
+quality-report: ## regenerate benchmarks/QUALITY.md from benchmarks/quality/results/*.json
+	.venv/bin/python -m benchmarks.quality.report

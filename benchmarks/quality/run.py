@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     res.doc["meta"] = {
         **res.doc.get("meta", {}),
         "name": name,
-        "reduced": a.reduced,
+        "reduced": a.reduced or name == "reduced",
         "grid": grid.to_dict(),
         "date_utc": _now(),
         "machine": {"cpus": os.cpu_count(), "threads": threads, "loadavg_start": os.getloadavg()},

@@ -75,7 +75,7 @@ def train(variant: str, mode: str, cache: str, run_dir: str, seed: int, k: int, 
     from matryoshka_ext.training import Trainer
 
     cfg = make_config(variant, seed, k, tokens, os.path.dirname(run_dir))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     data = train_stream(cache, cfg.batch_tokens, cfg.seed, mode)
     trainer = Trainer(cfg, data, run_dir, torch.device("cpu"))
     res = trainer.run()
@@ -85,6 +85,7 @@ def train(variant: str, mode: str, cache: str, run_dir: str, seed: int, k: int, 
         "path": run_dir,
         "train_s": res.wall_time_s,
         "total_s": time.perf_counter() - t0,
+        "train_cpu_s": time.process_time() - c0,  # CPU seconds of this process: the cost without the box's load
         "steps": res.step,
         "tokens": res.tokens_seen,
         "config": trainer.cfg.to_dict(),

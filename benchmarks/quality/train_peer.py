@@ -68,7 +68,7 @@ class _Run:
         return x
 
     def batches(self):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for step in range(self.steps):
             if self.a.seconds and time.perf_counter() - t0 >= self.a.seconds:
                 break
@@ -76,6 +76,7 @@ class _Run:
             yield step, x * self.sx, y * self.sy
             self.done = step + 1
         self.train_s = time.perf_counter() - t0
+        self.train_cpu_s = time.process_time() - c0  # CPU seconds: the cost with the box's load taken out
 
 
 def train_saelens(r: _Run) -> tuple[str, dict[str, Any]]:
@@ -217,8 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     r = _Run(a)
     r.done = 0
     path, info = TRAIN[a.impl](r)
-    res = {"path": path, "train_s": r.train_s, "total_s": time.perf_counter() - t0, "steps": r.done,
-           "tokens": r.done * a.batch, "scales": [r.sx, r.sy], "adjusted": r.adjusted, **info}  # fmt: skip
+    res = {"path": path, "train_s": r.train_s, "train_cpu_s": r.train_cpu_s, "threads": torch.get_num_threads(),
+           "total_s": time.perf_counter() - t0, "steps": r.done, "tokens": r.done * a.batch, "scales": [r.sx, r.sy],
+           "adjusted": r.adjusted, **info}  # fmt: skip
     with open(os.path.join(a.out, "train.json"), "w") as fh:
         json.dump(res, fh, indent=2)
     print(json.dumps(res))
