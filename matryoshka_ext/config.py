@@ -292,11 +292,11 @@ class TrainConfig(_Base):
         default=122_880,
     )
     # optimisation
-    batch_tokens: int = _help("tokens per optimiser step", default=2048)
+    batch_tokens: int = _help("tokens per optimiser step", default=1024)
     total_tokens: int = _help("tokens to train on", default=1_200_000)
-    lr: float = _help("peak learning rate", default=1e-3)
-    min_lr: float = _help("final learning rate of the cosine decay", default=1e-4)
-    warmup_steps: int = _help("linear warmup steps", default=50)
+    lr: float = _help("peak learning rate (offline default: benchmarks/QUALITY.md, lr sweep)", default=2e-3)
+    min_lr: float = _help("final learning rate of the cosine decay", default=2e-4)
+    warmup_steps: int = _help("linear warmup steps", default=100)
     adam_beta1: float = _help("Adam beta1", default=0.9)
     adam_beta2: float = _help("Adam beta2", default=0.999)
     grad_clip: float = _help("gradient-norm clip (0 = off)", default=1.0)
