@@ -13,63 +13,10 @@ from matryoshka_ext.config import TranscoderConfig
 from matryoshka_ext.sparse import SparseActs
 from matryoshka_ext.transcoder import MatryoshkaTranscoder, mean_squared_norm_scale
 
-N, D_IN, D_OUT = 48, 16, 12
-
-
-def _model(dtype="float64", selection="batch", **kw) -> MatryoshkaTranscoder:
-    base = dict(
-        d_in=D_IN, d_out=D_OUT, dict_size=64, group_sizes=[8, 8, 16, 32], k=4, aux_k=8, dead_tokens=50
-    )
-    base.update(kw)
-    return MatryoshkaTranscoder(TranscoderConfig(dtype=dtype, selection=selection, **base))
-
-
-def _data(seed: int, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(N, D_IN, generator=g, dtype=dtype) * 5
-    y = torch.randn(N, D_OUT, generator=g, dtype=dtype) * 3 + 1
-    return x, y
-
-
-def _dense_loss(m: MatryoshkaTranscoder, x, y, dead: torch.Tensor):
-    """Independent computation: dense pre-activations, selection by sorting, one dense decode per prefix."""
-    cfg = m.cfg
-    P = {n: p.detach().clone().requires_grad_() for n, p in m.named_parameters()}
-    xs, ys = x * m.x_scale.double(), y * m.y_scale.double()
-    pre = xs @ P["W_enc"] + P["b_enc"]
-    act = torch.relu(pre)
-    n, f = act.shape
-    if cfg.selection == "batch":
-        order = torch.sort(act.detach().flatten(), descending=True, stable=True).indices[: cfg.k * n]
-        mask = torch.zeros(n * f, dtype=torch.bool)
-        mask[order] = True
-        mask = mask.view(n, f)
-    else:
-        order = torch.sort(act.detach(), dim=1, descending=True, stable=True).indices[:, : cfg.k]
-        mask = torch.zeros(n, f, dtype=torch.bool).scatter_(1, order, True)
-    A = act * mask
-    mses = []
-    for e in cfg.group_ends:
-        r = A[:, :e] @ P["W_dec"][:e] + P["b_dec"]
-        mses.append(((r - ys) ** 2).mean())
-    mses = torch.stack(mses)
-    w = torch.tensor(cfg.weights, dtype=torch.float64)
-    loss = (w * mses).sum()
-    r_full = (A @ P["W_dec"] + P["b_dec"]).detach()
-    var = ((ys - ys.mean(0)) ** 2).sum()
-    fvu = torch.stack(
-        [((A[:, :e] @ P["W_dec"][:e] + P["b_dec"] - ys) ** 2).sum() / var for e in cfg.group_ends]
-    )
-    aux = torch.zeros((), dtype=torch.float64)
-    if dead.any():
-        residual = ys - r_full
-        pd = torch.relu(pre[:, dead])
-        kk = min(cfg.aux_k, int(dead.sum()))
-        top = torch.sort(pd.detach(), dim=1, descending=True, stable=True).indices[:, :kk]
-        M = torch.zeros_like(pd, dtype=torch.bool).scatter_(1, top, True)
-        aux = cfg.aux_penalty * (((pd * M) @ P["W_dec"][dead] - residual) ** 2).mean()
-    (loss + aux).backward()
-    return loss + aux, mses, fvu, aux, {k: v.grad for k, v in P.items()}, mask
+from .transcoder._dense import D_IN, D_OUT, N
+from .transcoder._dense import dense_objective as _dense_loss
+from .transcoder._dense import random_data as _data
+from .transcoder._dense import small_model as _model
 
 
 @pytest.mark.parametrize("selection", ["batch", "row"])
@@ -89,7 +36,7 @@ def test_loss_auxk_fvu_and_grads_match_dense(seed, selection, with_dead, aux_lay
     dead = m.dead_mask()
     out = m(x, y, update_stats=False)
     out.loss.backward()
-    loss, mses, fvu, aux, grads, mask = _dense_loss(m, x, y, dead)
+    loss, mses, fvu, aux, grads, mask, _ = _dense_loss(m, x, y, dead)
     torch.testing.assert_close(out.loss.double(), loss.detach(), rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(out.mse.double(), mses.detach(), rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(out.fvu.double(), fvu.detach(), rtol=1e-6, atol=1e-9)
@@ -101,9 +48,7 @@ def test_loss_auxk_fvu_and_grads_match_dense(seed, selection, with_dead, aux_lay
     torch.testing.assert_close(out.acts.to_dense() != 0, mask & (out.acts.to_dense() != 0))
     # reconstruction is returned in raw units
     r_scaled = out.acts.to_dense() @ m.W_dec.detach() + m.b_dec.detach()
-    torch.testing.assert_close(
-        out.recon.double(), (r_scaled / m.y_scale.double()).detach(), rtol=1e-5, atol=1e-6
-    )
+    torch.testing.assert_close(out.recon.double(), (r_scaled / m.y_scale.double()).detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_fvu_definition_sum_of_per_dim_variances(seed):
@@ -168,9 +113,7 @@ def test_init_transpose_centring_scales_and_b_dec(seed):
     assert float((y * m.y_scale).pow(2).sum(1).mean()) == pytest.approx(1.0, rel=1e-5)
     torch.testing.assert_close(m.b_dec, (y * m.y_scale).mean(0))
     ratio = (m.W_enc / m.W_dec.t()).detach()
-    assert float(ratio.min()) > 0 and torch.allclose(
-        ratio, ratio.flatten()[0].expand_as(ratio)
-    )  # s * W_dec^T
+    assert float(ratio.min()) > 0 and torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio))  # s * W_dec^T
     xs = x * m.x_scale.double()
     torch.testing.assert_close(m.b_enc, -(xs.mean(0) @ m.W_enc))  # latents read centred inputs
     assert mean_squared_norm_scale(torch.full((4, 4), 0.5)) == pytest.approx(1.0)
@@ -185,9 +128,7 @@ def test_init_linear_reads_linear_prediction_with_fitted_scale(seed):
     m = _model(dtype="float64")
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(N * 4, D_IN, generator=g, dtype=torch.float64)
-    y = x @ torch.randn(D_IN, D_OUT, generator=g, dtype=torch.float64) + 0.1 * torch.randn(
-        N * 4, D_OUT, generator=g
-    )
+    y = x @ torch.randn(D_IN, D_OUT, generator=g, dtype=torch.float64) + 0.1 * torch.randn(N * 4, D_OUT, generator=g)
     m.initialize_from_batch(x, y)
     xs, ys = x * m.x_scale.double(), y * m.y_scale.double()
     xc, yc = xs - xs.mean(0), ys - ys.mean(0)

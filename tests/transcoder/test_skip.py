@@ -11,63 +11,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from matryoshka_ext.config import TranscoderConfig
 from matryoshka_ext.loaders import load_transcoder
 from matryoshka_ext.training.metrics import evaluate
 from matryoshka_ext.transcoder import MatryoshkaTranscoder
 
-N, D_IN, D_OUT = 48, 16, 12  # d_in != d_out pins W_skip's orientation [d_in, d_out]
+from ._dense import D_IN, D_OUT, random_data, small_model
+from ._dense import dense_objective as _dense_objective
 
 
 def _model(dtype: str = "float64", selection: str = "batch", **kw) -> MatryoshkaTranscoder:
-    base = dict(d_in=D_IN, d_out=D_OUT, dict_size=64, group_sizes=[8, 8, 16, 32], k=4, aux_k=8, dead_tokens=50,
-                skip_connection=True)  # fmt: skip
-    base.update(kw)
-    return MatryoshkaTranscoder(TranscoderConfig(dtype=dtype, selection=selection, **base))
+    return small_model(dtype, selection, **{"skip_connection": True, **kw})
 
 
-def _data(seed: int, dtype=torch.float64, n: int = N) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, D_IN, generator=g, dtype=dtype) * 5
-    y = torch.randn(n, D_OUT, generator=g, dtype=dtype) * 3 + 1
-    return x, y
-
-
-def _dense_objective(m: MatryoshkaTranscoder, x: torch.Tensor, y: torch.Tensor, dead: torch.Tensor):
-    """The objective written out densely: sum_i w_i mean((A[:, :e_i] W_dec[:e_i] + b_dec + xs W_skip - ys)^2)
-    + aux_penalty * mean((topk_dead(relu(pre)) W_dec[dead] - sg(ys - r_full - xs W_skip))^2)."""
-    cfg = m.cfg
-    P = {n: p.detach().clone().requires_grad_() for n, p in m.named_parameters()}
-    xs, ys = x * m.x_scale.double(), y * m.y_scale.double()
-    pre = xs @ P["W_enc"] + P["b_enc"]
-    act = torch.relu(pre)
-    n, f = act.shape
-    if cfg.selection == "batch":
-        order = torch.sort(act.detach().flatten(), descending=True, stable=True).indices[: cfg.k * n]
-        mask = torch.zeros(n * f, dtype=torch.bool)
-        mask[order] = True
-        mask = mask.view(n, f)
-    else:
-        order = torch.sort(act.detach(), dim=1, descending=True, stable=True).indices[:, : cfg.k]
-        mask = torch.zeros(n, f, dtype=torch.bool).scatter_(1, order, True)
-    A = act * mask
-    skip = xs @ P["W_skip"]
-    recons = [A[:, :e] @ P["W_dec"][:e] + P["b_dec"] + skip for e in cfg.group_ends]
-    mses = torch.stack([((r - ys) ** 2).mean() for r in recons])
-    w = torch.tensor(cfg.weights, dtype=torch.float64)
-    var = ((ys - ys.mean(0)) ** 2).sum()
-    fvu = torch.stack([((r - ys) ** 2).sum().detach() / var for r in recons])
-    aux = torch.zeros((), dtype=torch.float64)
-    if dead.any():
-        residual = (ys - recons[-1]).detach()
-        pd = torch.relu(pre[:, dead])
-        kk = min(cfg.aux_k, int(dead.sum()))
-        top = torch.sort(pd.detach(), dim=1, descending=True, stable=True).indices[:, :kk]
-        M = torch.zeros_like(pd, dtype=torch.bool).scatter_(1, top, True)
-        aux = cfg.aux_penalty * (((pd * M) @ P["W_dec"][dead] - residual) ** 2).mean()
-    loss = (w * mses).sum() + aux
-    loss.backward()
-    return loss, mses, fvu, aux, {k: v.grad for k, v in P.items()}, recons[-1].detach()
+_data = random_data
 
 
 @pytest.mark.parametrize("selection", ["batch", "row"])
@@ -89,7 +45,7 @@ def test_objective_and_grads_match_dense_reference(seed, selection, with_dead, a
     dead = m.dead_mask()
     out = m(x, y, update_stats=False)
     out.loss.backward()
-    loss, mses, fvu, aux, grads, r_full = _dense_objective(m, x, y, dead)
+    loss, mses, fvu, aux, grads, _, r_full = _dense_objective(m, x, y, dead)
     torch.testing.assert_close(out.loss.double(), loss.detach(), rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(out.mse.double(), mses.detach(), rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(out.fvu.double(), fvu, rtol=1e-6, atol=1e-9)

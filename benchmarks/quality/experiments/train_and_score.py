@@ -23,8 +23,7 @@ def main():
     name = sys.argv[1]
     over = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     train_cache = over.pop("_train_cache", None)
-    global PATCH
-    PATCH = over.pop("_patch", {})
+    patch = over.pop("_patch", {})
     tc_over = over.pop("transcoder", {})
     base = TrainConfig()
     cfg = base.replace(**over)
@@ -40,7 +39,6 @@ def main():
         device="cpu",
     )
     pair = default_cache_pair(12)
-    patch = over.pop("_patch", {}) if False else PATCH
     from matryoshka_ext.transcoder import MatryoshkaTranscoder as MT
 
     if patch.get("nodecnorm"):
