@@ -300,6 +300,12 @@ class TrainConfig(_Base):
     adam_beta1: float = _help("Adam beta1", default=0.9)
     adam_beta2: float = _help("Adam beta2", default=0.999)
     grad_clip: float = _help("gradient-norm clip (0 = off)", default=1.0)
+    ema_decay: float = _help(
+        "if > 0: keep an exponential moving average of the parameters (decay min(ema_decay, (1+t)/(10+t)) at "
+        "step t) and save/evaluate the averaged transcoder (decoder rows renormalised, the norm folded into the "
+        "encoder, JumpReLU threshold recalibrated on the last batch); 0 = save the last weights",
+        default=0.0,
+    )
     max_nonfinite_in_a_row: int = _help(
         "a step whose loss or gradient is NaN/Inf is skipped and counted; stop after this many in a row",
         default=10,
@@ -369,6 +375,8 @@ class TrainConfig(_Base):
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if not self.grad_clip >= 0:
             raise ConfigError(f"grad_clip must be >= 0, got {self.grad_clip!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         choices = {"model_dtype": DTYPES, "cache_dtype": DTYPES, "cache_mode": CACHE_MODES, "wandb_mode": WANDB_MODES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
