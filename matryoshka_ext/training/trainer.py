@@ -174,6 +174,8 @@ class Trainer:
         self._nonfinite_run = 0  # ... and in a row, up to now
         # cfg.ema_decay > 0: the parameter average that finish() saves (see _ema_update / _apply_ema)
         self.ema: dict[str, torch.Tensor] | None = None
+        # cfg.density_cap > 0: running firing rate per latent (see _cap_density)
+        self.density: torch.Tensor | None = None
         self._last_x: torch.Tensor | None = None
 
     # --------------------------------------------------------------------------------------------------
@@ -250,6 +252,8 @@ class Trainer:
         self.nonfinite_skipped = int(st.get("nonfinite_skipped", 0))
         self.last_checkpoint = ckpt.path
         self._init_ema()
+        if self.density is not None and st.get("density") is not None:
+            self.density.copy_(st["density"])
         if self.ema is not None and st.get("ema") is not None:
             for name, t in st["ema"].items():
                 self.ema[name].copy_(t)
@@ -286,6 +290,7 @@ class Trainer:
         self._last_x = x
         world = self.dist.world_size
         model.update_stats(out.acts, x.shape[0] * world, sync=self._sync_stats if world > 1 else None)
+        self._cap_density(out.acts, x.shape[0])
         sched.step()
         self.step += 1
         self.tokens_seen += x.shape[0] * world
@@ -298,6 +303,26 @@ class Trainer:
         assert self.model is not None
         if self.cfg.ema_decay > 0:
             self.ema = {n: p.detach().float().clone() for n, p in self.model.named_parameters()}
+        if self.cfg.density_cap > 0:
+            self.density = torch.zeros(self.model.cfg.dict_size, device=self.device, dtype=torch.float32)
+
+    DENSITY_MOMENTUM = 0.99
+
+    @torch.no_grad()
+    def _cap_density(self, acts: Any, n_rows: int) -> None:
+        """density <- m * density + (1 - m) * (fraction of this batch's rows each latent fired on); every latent
+        above cfg.density_cap gets b_enc -= density_cap_rate * threshold (the JumpReLU threshold: the scale of a
+        selected activation). Data parallel: each rank applies its own batch share's rates (close to the global
+        ones for batches of >= 1k tokens per rank); ranks may then drift apart slightly in b_enc."""
+        if self.density is None:
+            return
+        model = self.model
+        assert model is not None
+        fired = acts.indices[acts.values > 0]
+        rate = torch.bincount(fired.long(), minlength=self.density.numel()).float() / max(n_rows, 1)
+        self.density.lerp_(rate, 1.0 - self.DENSITY_MOMENTUM)
+        over = (self.density > self.cfg.density_cap).to(model.b_enc.dtype)
+        model.b_enc.sub_(over * (self.cfg.density_cap_rate * model.threshold).to(model.b_enc.dtype))
 
     @torch.no_grad()
     def _ema_update(self) -> None:
@@ -396,6 +421,8 @@ class Trainer:
         }
         if self.ema is not None:
             state["ema"] = {n: t.detach() for n, t in self.ema.items()}
+        if self.density is not None:
+            state["density"] = self.density.detach()
         if self.dist.is_main:  # all ranks hold the same state; only rank 0 writes it
             self.last_checkpoint = save_checkpoint(
                 self.run_dir,
