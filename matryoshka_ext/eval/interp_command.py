@@ -152,7 +152,7 @@ def interp_markdown(records: list[dict[str, Any]], absorptions: list[Any], meta:
 def _groups_lines(r: dict[str, Any]) -> list[str]:
     """The hierarchy's per-group summary table of one transcoder's record."""
     lines = [
-        "| group | latents | live | with parent | mean P(parent|child) | "
+        "| group | latents | live | with parent | mean P(parent \\| child) | "
         "share P > 0.9 | median lift | mean dec. cos | parent in previous group |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
