@@ -313,6 +313,12 @@ class TrainConfig(_Base):
         default=0.0,
     )
     density_cap_rate: float = _help("bias step of density_cap, in units of the JumpReLU threshold", default=0.05)
+    revive_rate: float = _help(
+        "if > 0: every latent counted dead (not fired for transcoder.dead_tokens tokens) has its encoder bias "
+        "raised by revive_rate * threshold after each step until it fires again (the other side of density_cap's "
+        "bias balancing); 0 = off (AuxK alone)",
+        default=0.0,
+    )
     max_nonfinite_in_a_row: int = _help(
         "a step whose loss or gradient is NaN/Inf is skipped and counted; stop after this many in a row",
         default=10,
@@ -388,6 +394,8 @@ class TrainConfig(_Base):
             raise ConfigError(f"density_cap must be in [0, 1], got {self.density_cap!r}")
         if not self.density_cap_rate >= 0:
             raise ConfigError(f"density_cap_rate must be >= 0, got {self.density_cap_rate!r}")
+        if not self.revive_rate >= 0:
+            raise ConfigError(f"revive_rate must be >= 0, got {self.revive_rate!r}")
         choices = {"model_dtype": DTYPES, "cache_dtype": DTYPES, "cache_mode": CACHE_MODES, "wandb_mode": WANDB_MODES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -275,7 +275,7 @@ def experiments_section(exp_dir: Path = EXPERIMENTS) -> list[str]:
             "One run per line of `benchmarks/quality/experiments/<file>.jsonl` (script: `train_and_score.py` there): "
             "the package default TrainConfig *of that session* with the JSON overrides shown, trained on the "
             "benchmark's layer-12 train cache and scored on all 122,880 held-out tokens with the JumpReLU "
-            "inference rule (dead = "
+            "inference rule unless the inference column says otherwise (dead = "
             "never fires; dense10 / dense50 = latents firing on more than 10% / 50% of tokens). Wall seconds carry the "
             "shared box's load.", ""]  # fmt: skip
     for f in files:
@@ -284,16 +284,20 @@ def experiments_section(exp_dir: Path = EXPERIMENTS) -> list[str]:
         for r in rows:  # a re-scored run (wall 0) replaces its first line
             seen[r["name"]] = r
         out += [f"### `{f.name}`", "",
-                "| run | overrides | FVU per prefix | final FVU | L0 | dead | dead per group | dense10 | dense50 "
-                "| max density | wall s |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                "| run | overrides | inference | FVU per prefix | final FVU | L0 | dead | dead per group | dense10 "
+                "| dense50 | max density | wall s |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in seen.values():
-            j = r["jumprelu"]
+            # row-trained models: their training threshold is not a per-token TopK's, so they are shown with
+            # per-row TopK inference (as sparsify) where scored, else BatchTopK; the rest with JumpReLU
+            rowsel = json.loads(r.get("over") or "{}").get("transcoder", {}).get("selection") == "row"
+            how = ("row" if "row" in r else "batch") if rowsel else "jumprelu"
+            j = r[how]
             over = r.get("over", "{}").replace("|", "\\|")
             curve = " / ".join(f"{v:.3f}" for v in j["fvu"])
-            out.append(f"| {r['name']} | `{over}` | {curve} | {j['fvu'][-1]:.3f} | {j['l0']:.1f} | {j['dead']:.1%} "
-                       f"| {'/'.join(map(str, j['dead_per_group']))} | {j['dense10']} | {j['dense50']} "
-                       f"| {j['maxdens']:.2f} | {r.get('wall_s', 0):.0f} |")  # fmt: skip
+            out.append(f"| {r['name']} | `{over}` | {how} | {curve} | {j['fvu'][-1]:.3f} | {j['l0']:.1f} "
+                       f"| {j['dead']:.1%} | {'/'.join(map(str, j['dead_per_group']))} | {j['dense10']} "
+                       f"| {j['dense50']} | {j['maxdens']:.2f} | {r.get('wall_s', 0):.0f} |")  # fmt: skip
         out.append("")
     notes = exp_dir / "NOTES.md"
     if notes.exists():

@@ -291,6 +291,7 @@ class Trainer:
         world = self.dist.world_size
         model.update_stats(out.acts, x.shape[0] * world, sync=self._sync_stats if world > 1 else None)
         self._cap_density(out.acts, x.shape[0])
+        self._revive_dead()
         sched.step()
         self.step += 1
         self.tokens_seen += x.shape[0] * world
@@ -355,6 +356,17 @@ class Trainer:
             vals = vals[vals > 0]
             if vals.numel():
                 model.threshold.fill_(float(vals.min()))
+
+    @torch.no_grad()
+    def _revive_dead(self) -> None:
+        """b_enc += revive_rate * threshold for every latent the model counts dead (cfg.revive_rate > 0): its
+        pre-activation rises until the selection picks it, and the main loss trains it from there."""
+        if self.cfg.revive_rate <= 0:
+            return
+        model = self.model
+        assert model is not None
+        dead = model.dead_mask().to(model.b_enc.dtype)
+        model.b_enc.add_(dead * (self.cfg.revive_rate * model.threshold).to(model.b_enc.dtype))
 
     def _module(self) -> torch.nn.Module:
         """What the training forward calls: the model, wrapped in DistributedDataParallel across ranks."""

@@ -71,3 +71,25 @@ def test_density_cap_exact_resume(tmp_path):
     assert float(a.state["density"].max()) > 0.001  # the cap was active during the run
     assert torch.equal(a.state["density"], b.state["density"])
     assert torch.equal(a.model["b_enc"], b.model["b_enc"])
+
+
+def test_revive_raises_only_dead_latents(tmp_path):
+    t = Trainer(_cfg(revive_rate=0.2), SyntheticActivations(batch_size=B), str(tmp_path / "r"))
+    t.setup()
+    model = t.model
+    model.threshold.fill_(0.5)
+    dead = torch.zeros(model.cfg.dict_size, dtype=torch.bool)
+    dead[[3, 7, 100]] = True
+    model.tokens_since_fired.copy_(torch.where(dead, model.cfg.dead_tokens, 0))
+    b0 = model.b_enc.detach().clone()
+    t._revive_dead()
+    assert torch.allclose(model.b_enc.detach() - b0, dead.float() * 0.2 * 0.5)
+    with pytest.raises(ConfigError, match="revive_rate"):
+        _cfg(revive_rate=-1.0)
+
+
+def test_revive_in_training(tmp_path):
+    # the synthetic default lets latents die within two batches: with revival they keep coming back
+    t = Trainer(_cfg(revive_rate=0.5), SyntheticActivations(batch_size=B), str(tmp_path / "r"))
+    t.run()
+    assert t.step == 16

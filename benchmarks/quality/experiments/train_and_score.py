@@ -77,7 +77,8 @@ def main():
         ys = s if ys is None else ys + s
         n += y.shape[0]
     ymean = (ys / n).float()
-    for mode in ("jumprelu", "batch"):
+    modes = ("jumprelu", "batch", "row") if cfg.transcoder.selection == "row" else ("jumprelu", "batch")
+    for mode in modes:
         sse = torch.zeros(len(ends), dtype=torch.float64)
         var = 0.0
         cnt = torch.zeros(F)
