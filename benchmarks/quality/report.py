@@ -115,6 +115,27 @@ def rows_table(groups: dict[Key, list[dict[str, Any]]], budget: str, k: int) -> 
     return lines
 
 
+TRAIN_KEYS = ("lr", "min_lr", "warmup_steps", "batch_tokens", "ema_decay", "density_cap", "revive_rate")
+
+
+def our_settings(groups: dict[Key, list[dict[str, Any]]], budget: str, k: int) -> list[str]:
+    """The training settings each of our rows actually ran with (the package default of its run's day): a row
+    whose seeds ran with different defaults says so, so that no table silently mixes two configurations."""
+    lines = []
+    for g in sorted((g for g in groups if g[1] == budget and g[2] == k and ROWS[g[3]].impl == "ours"), key=_order):
+        seen = []
+        for r in groups[g]:
+            c = r["train"].get("config", {})
+            tc = c.get("transcoder", {})
+            desc = ", ".join(f"{key} {c[key]}" for key in TRAIN_KEYS if key in c)
+            desc += f", selection {tc.get('selection', 'batch')}"
+            if desc not in [d for d, _ in seen]:
+                seen.append((desc, []))
+            next(v for d, v in seen if d == desc).append(str(r["seed"]))
+        lines.append(f"- `{g[3]}`: " + "; ".join(f"seeds {','.join(v)}: {d}" for d, v in seen))
+    return lines
+
+
 def splice_table(groups: dict[Key, list[dict[str, Any]]]) -> list[str]:
     """ΔCE per prefix wherever more than the last prefix was spliced (mean over the seeds that have it)."""
     lines = []
@@ -329,6 +350,9 @@ def render(docs: dict[str, dict[str, Any]], dest_dir: Path) -> str:
             for k in sorted({g[2] for g in groups if g[1] == budget}):
                 what = "equal tokens" if budget == "tokens" else "equal wall-clock (peers trained for our time)"
                 out += [f"### {what}, k = {k}", ""] + rows_table(groups, budget, k) + [""]
+                settings = our_settings(groups, budget, k)
+                if settings:
+                    out += ["Our rows' training settings (TrainConfig at their run):", ""] + settings + [""]
         est = estimate(doc)
         if est:
             out += ["### Cost of the full grid, from these measurements", ""] + est

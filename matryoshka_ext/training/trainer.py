@@ -313,14 +313,16 @@ class Trainer:
     def _cap_density(self, acts: Any, n_rows: int) -> None:
         """density <- m * density + (1 - m) * (fraction of this batch's rows each latent fired on); every latent
         above cfg.density_cap gets b_enc -= density_cap_rate * threshold (the JumpReLU threshold: the scale of a
-        selected activation). Data parallel: each rank applies its own batch share's rates (close to the global
-        ones for batches of >= 1k tokens per rank); ranks may then drift apart slightly in b_enc."""
+        selected activation). Data parallel: the rates are averaged over the ranks (equal shares), so every rank
+        applies the update one process would make on the global batch."""
         if self.density is None:
             return
         model = self.model
         assert model is not None
         fired = acts.indices[acts.values > 0]
         rate = torch.bincount(fired.long(), minlength=self.density.numel()).float() / max(n_rows, 1)
+        if self.dist.enabled:
+            rate = self.dist.all_reduce(rate, "mean")
         self.density.lerp_(rate, 1.0 - self.DENSITY_MOMENTUM)
         over = (self.density > self.cfg.density_cap).to(model.b_enc.dtype)
         model.b_enc.sub_(over * (self.cfg.density_cap_rate * model.threshold).to(model.b_enc.dtype))
