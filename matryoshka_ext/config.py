@@ -294,8 +294,8 @@ class TrainConfig(_Base):
     # optimisation
     batch_tokens: int = _help("tokens per optimiser step", default=1024)
     total_tokens: int = _help("tokens to train on", default=1_200_000)
-    lr: float = _help("peak learning rate (offline default: benchmarks/QUALITY.md, lr sweep)", default=2e-3)
-    min_lr: float = _help("final learning rate of the cosine decay", default=2e-4)
+    lr: float = _help("peak learning rate (offline default: benchmarks/QUALITY.md, training experiments)", default=4e-3)
+    min_lr: float = _help("final learning rate of the cosine decay", default=4e-4)
     warmup_steps: int = _help("linear warmup steps", default=100)
     adam_beta1: float = _help("Adam beta1", default=0.9)
     adam_beta2: float = _help("Adam beta2", default=0.999)
@@ -304,20 +304,20 @@ class TrainConfig(_Base):
         "if > 0: keep an exponential moving average of the parameters (decay min(ema_decay, (1+t)/(10+t)) at "
         "step t) and save/evaluate the averaged transcoder (decoder rows renormalised, the norm folded into the "
         "encoder, JumpReLU threshold recalibrated on the last batch); 0 = save the last weights",
-        default=0.0,
+        default=0.995,
     )
     density_cap: float = _help(
         "if > 0: a latent whose running firing rate (EMA over ~100 steps of training batches) exceeds this fraction "
         "of tokens has its encoder bias lowered by density_cap_rate * threshold after each step (bias-only load "
         "balancing, as DeepSeek-V3's auxiliary-loss-free balancing); 0 = off",
-        default=0.0,
+        default=0.4,
     )
     density_cap_rate: float = _help("bias step of density_cap, in units of the JumpReLU threshold", default=0.05)
     revive_rate: float = _help(
         "if > 0: every latent counted dead (not fired for transcoder.dead_tokens tokens) has its encoder bias "
         "raised by revive_rate * threshold after each step until it fires again (the other side of density_cap's "
         "bias balancing); 0 = off (AuxK alone)",
-        default=0.0,
+        default=0.05,
     )
     max_nonfinite_in_a_row: int = _help(
         "a step whose loss or gradient is NaN/Inf is skipped and counted; stop after this many in a row",

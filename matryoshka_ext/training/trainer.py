@@ -286,12 +286,12 @@ class Trainer:
         opt.step()
         opt.zero_grad(set_to_none=True)
         model.normalize_decoder()
-        self._ema_update()
         self._last_x = x
         world = self.dist.world_size
         model.update_stats(out.acts, x.shape[0] * world, sync=self._sync_stats if world > 1 else None)
         self._cap_density(out.acts, x.shape[0])
         self._revive_dead()
+        self._ema_update()  # after every change this step makes to the parameters
         sched.step()
         self.step += 1
         self.tokens_seen += x.shape[0] * world

@@ -27,8 +27,8 @@ def test_density_cap_validated(kw):
         _cfg(**kw)
 
 
-def test_off_by_default(tmp_path):
-    t = Trainer(_cfg(), SyntheticActivations(batch_size=B), str(tmp_path / "r"))
+def test_off(tmp_path):
+    t = Trainer(_cfg(density_cap=0.0), SyntheticActivations(batch_size=B), str(tmp_path / "r"))
     res = t.run()
     assert t.density is None and "density" not in load_checkpoint(res.checkpoint).state
 

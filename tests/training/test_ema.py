@@ -29,7 +29,7 @@ def test_ema_decay_validated():
 
 
 def test_ema_off_saves_last_weights(tmp_path):
-    trainer = Trainer(_cfg(), SyntheticActivations(batch_size=B), str(tmp_path / "r"))
+    trainer = Trainer(_cfg(ema_decay=0.0), SyntheticActivations(batch_size=B), str(tmp_path / "r"))
     res = trainer.run()
     assert trainer.ema is None
     ck = load_checkpoint(res.checkpoint)

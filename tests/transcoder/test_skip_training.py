@@ -20,7 +20,9 @@ B = 64
 def _cfg(skip: bool = True, **kw):
     tc = TranscoderConfig(dict_size=256, group_sizes=[32, 32, 64, 128], k=2, aux_k=16, dead_tokens=2 * B,
                           skip_connection=skip)  # fmt: skip
-    kw = {"steps": 16, "min_lr": 3e-4, "warmup_steps": 2, "log_every": 4, "ckpt_every": 8, "keep_last": 2, **kw}
+    # ema_decay 0: the saved transcoder is the checkpoint's model (with averaging it is the average)
+    kw = {"steps": 16, "min_lr": 3e-4, "warmup_steps": 2, "log_every": 4, "ckpt_every": 8, "keep_last": 2,
+          "ema_decay": 0.0, **kw}
     return synthetic_config(tc, batch=B, **kw)
 
 
