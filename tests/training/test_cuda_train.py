@@ -28,7 +28,7 @@ def _cfg(**kw) -> TrainConfig:
         dict_size=18432, group_sizes=[2304, 2304, 4608, 4608, 4608], k=96, aux_k=256, aux_penalty=1 / 64,
         dead_tokens=3 * 4096,
     )  # fmt: skip
-    return synthetic_config(tc, batch=4096, steps=12, lr=2e-4, device="cuda", autocast_bf16=True, **kw)
+    return synthetic_config(tc, batch=4096, steps=12, lr=2e-4, min_lr=2e-5, device="cuda", autocast_bf16=True, **kw)
 
 
 def _data():
