@@ -129,7 +129,7 @@ Tensor grouped_dot(const Tensor& S, const Tensor& indices, const Tensor& row_off
                    IntArrayRef group_ends);                                                                      \
 std::tuple<Tensor, Tensor> latent_grad(const Tensor& S, const Tensor& values, const Tensor& indices,             \
                                        const Tensor& row_offsets, IntArrayRef group_ends, int64_t num_latents,   \
-                                       at::ScalarType dtype);
+                                       at::ScalarType dtype, bool transposed);
 
 namespace cpu {
 MX_BACKEND_KERNELS

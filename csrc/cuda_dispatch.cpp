@@ -62,11 +62,11 @@ Tensor grouped_dot(const Tensor& S, const Tensor& indices, const Tensor& row_off
 
 std::tuple<Tensor, Tensor> latent_grad(const Tensor& S, const Tensor& values, const Tensor& indices,
                                        const Tensor& row_offsets, IntArrayRef group_ends, int64_t num_latents,
-                                       at::ScalarType dtype) {
+                                       at::ScalarType dtype, bool transposed) {
   check_latent_grad_args(S, values, indices, row_offsets, group_ends, num_latents);
   check_float_dtype(dtype, "dtype");
   check_int_sizes({row_offsets.numel(), num_latents, values.numel()}, "latent_grad");
-  return cuda::latent_grad(S, values, indices, row_offsets, group_ends, num_latents, dtype);
+  return cuda::latent_grad(S, values, indices, row_offsets, group_ends, num_latents, dtype, transposed);
 }
 
 }  // namespace

@@ -65,6 +65,7 @@ def _opcheck_samples():
                                   y.detach(), p.ends)
     yield "grouped_dot", (S, i, r, Wd.detach(), p.ends)
     yield "latent_grad", (S, v.detach(), i, r, p.ends, 23, torch.float32)
+    yield "latent_grad", (S, v.detach(), i, r, p.ends, 23, torch.float32, True)
 
 
 @pytest.mark.parametrize("name,args", list(_opcheck_samples()), ids=lambda a: a if isinstance(a, str) else "")
