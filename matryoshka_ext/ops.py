@@ -152,6 +152,25 @@ def dead_positions(dead: torch.Tensor, indices: torch.Tensor, num_latents: int) 
     return table[indices]
 
 
+def _concat_rows(
+    v1: torch.Tensor, i1: torch.Tensor, r1: torch.Tensor, v2: torch.Tensor, i2: torch.Tensor, k2: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row-wise concatenation of a CSR (v1, i1, r1) and a CSR with k2 entries in every row: (values, indices,
+    row_offsets), each row holding its entries of the first, then of the second (ids not ascending across the two;
+    the reductions that take it do not need them to be)."""
+    n = r1.numel() - 1
+    counts1 = r1[1:] - r1[:-1]
+    r = torch.zeros_like(r1)
+    torch.cumsum(counts1 + k2, 0, out=r[1:])
+    shift = (r[:-1] - r1[:-1]).repeat_interleave(counts1, output_size=v1.numel())
+    pos1 = torch.arange(v1.numel(), device=v1.device) + shift
+    pos2 = ((r[:-1] + counts1).unsqueeze(1) + torch.arange(k2, device=v1.device)).reshape(-1)
+    total = v1.numel() + n * k2
+    v = v1.new_empty(total).index_put_((pos1,), v1).index_put_((pos2,), v2)
+    i = i1.new_empty(total).index_put_((pos1,), i1).index_put_((pos2,), i2)
+    return v, i, r
+
+
 def _encode_aux_setup(ctx, inputs, output):
     x, W_enc, dead = inputs[0], inputs[1], inputs[5]
     ctx.save_for_backward(x, W_enc, dead, *output)
@@ -167,17 +186,15 @@ def _encode_aux_backward(ctx, grad_values, _gi, _gr, grad_aux, _gai, _gar):
     g = grad_values * (values > 0)
     ga = grad_aux * (aux_values > 0)
     dense = kk * AUX_DENSE_RATIO >= n_dead
-    parts = [(g, indices, row_offsets)] if dense else [(g, indices, row_offsets), (ga, aux_indices, aux_row_offsets)]
+    # sparse AuxK: both selections as one CSR (per row the main entries, then the AuxK ones), so one kernel pass
+    # writes one [d_in, F] gradient instead of two that are then added
+    part = (g, indices, row_offsets) if dense else _concat_rows(g, indices, row_offsets, ga, aux_indices, kk)
     dx = dW = db = None
     if want_x:
-        Wt = W_enc.t().contiguous()
-        dx = sum(_ops.nested_decode(gi, i, r, Wt, None, [f])[0] for gi, i, r in parts)
+        dx = _ops.nested_decode(*part, W_enc.t().contiguous(), None, [f])[0]
     if want_w:
         # [d_in, F]: W_enc's own layout (no transposing copy in autograd)
-        grads = [_ops.latent_grad(x.unsqueeze(0), gi, i, r, [f], f, W_enc.dtype, True) for gi, i, r in parts]
-        dW, db = grads[0]
-        if len(grads) > 1:
-            dW, db = dW.add_(grads[1][0]), db.add_(grads[1][1])
+        dW, db = _ops.latent_grad(x.unsqueeze(0), *part, [f], f, W_enc.dtype, True)
     if dense:
         # dL/dpre over the dead columns only, [N, n_dead]; its two GEMMs against the dead columns of W_enc and x.
         cols = dead_positions(dead, aux_indices, f).view(n, kk)
