@@ -186,10 +186,10 @@ def auxk_work_lines(by_shape: dict) -> list[str]:
             f"sparse gathers of N x aux_k = {n} x {aux_k} entries ({sparse / gemm:.0%} of the GEMM) or "
             f"{dense / 1e9:.2f} GMAC as dense [N, n_dead] GEMMs ({dense / gemm:.0%}); ours takes the "
             + (
-                "dense form (aux_k is at least 1/8 of the dead latents: a gathered multiply-add costs several times "
-                "a GEMM one on this CPU)."
+                f"dense form (aux_k is at least 1/{AUX_DENSE_RATIO} of the dead latents: a gathered multiply-add "
+                "costs several times a GEMM one on this CPU)."
                 if aux_k * AUX_DENSE_RATIO >= n_dead
-                else "sparse form (aux_k is under 1/8 of the dead latents)."
+                else f"sparse form (aux_k is under 1/{AUX_DENSE_RATIO} of the dead latents)."
             )
         )
     return out

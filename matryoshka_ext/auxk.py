@@ -17,9 +17,8 @@ import torch
 from . import ops
 from .sparse import SparseActs
 
-# The AuxK decode runs on a dense [N, n_dead] matrix when aux_k * ops.AUX_DENSE_RATIO >= n_dead (at 1/8 density
-# and above, GEMMs beat N * aux_k row gathers on CPU and GPU), through the sparse nested_mse otherwise; the
-# encoder backward of the AuxK entries makes the same choice (ops.encode_aux).
+# The AuxK decode runs on a dense [N, n_dead] matrix when aux_k * ops.AUX_DENSE_RATIO >= n_dead (see there),
+# through the sparse nested_mse otherwise; the encoder backward of the AuxK entries makes the same choice.
 
 
 @dataclass(frozen=True)
