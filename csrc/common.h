@@ -133,6 +133,9 @@ std::tuple<Tensor, Tensor> latent_grad(const Tensor& S, const Tensor& values, co
 
 namespace cpu {
 MX_BACKEND_KERNELS
+std::tuple<Tensor, Tensor> nested_mse_backward_dot(const Tensor& grad_loss, const Tensor& values,
+                                                   const Tensor& indices, const Tensor& row_offsets, const Tensor& W,
+                                                   const Tensor& bias, const Tensor& target, IntArrayRef group_ends);
 }  // namespace cpu
 
 namespace cuda {

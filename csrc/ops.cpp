@@ -199,6 +199,9 @@ TORCH_LIBRARY(matryoshka_ext, m) {
   // S[j] = sum_{i >= j} dL/dout[i]; nested_mse_backward builds it from grad_loss [m] without out.
   m.def("nested_mse_backward(Tensor grad_loss, Tensor values, Tensor indices, Tensor row_offsets, Tensor W, "
         "Tensor bias, Tensor target, int[] group_ends) -> Tensor");
+  // Both of the above in one pass: (S, grouped_dot(S, indices, row_offsets, W, group_ends)).
+  m.def("nested_mse_backward_dot(Tensor grad_loss, Tensor values, Tensor indices, Tensor row_offsets, Tensor W, "
+        "Tensor bias, Tensor target, int[] group_ends) -> (Tensor S, Tensor grad_values)");
   // [nnz] in W's dtype: grad_values[e] = <W[index_e], S[group(index_e), row_e]>.
   m.def("grouped_dot(Tensor S, Tensor indices, Tensor row_offsets, Tensor W, int[] group_ends) -> Tensor");
   // Latent-major reduction, deterministic: grad_W [F, d] = sum_e value_e * S[group(index_e), row_e] into row

@@ -61,6 +61,12 @@ def _(grad_loss, values, indices, row_offsets, W, bias, target, group_ends):
     return W.new_empty(len(group_ends), row_offsets.shape[0] - 1, W.shape[1], dtype=acc_dtype(W.dtype))
 
 
+@torch.library.register_fake(f"{_LIB}::nested_mse_backward_dot")
+def _(grad_loss, values, indices, row_offsets, W, bias, target, group_ends):
+    S = W.new_empty(len(group_ends), row_offsets.shape[0] - 1, W.shape[1], dtype=acc_dtype(W.dtype))
+    return S, W.new_empty(indices.shape[0])
+
+
 @torch.library.register_fake(f"{_LIB}::grouped_dot")
 def _(S, indices, row_offsets, W, group_ends):
     return W.new_empty(indices.shape[0])
@@ -212,10 +218,10 @@ def _encode_aux_backward(ctx, grad_values, _gi, _gr, grad_aux, _gai, _gar):
 torch.library.register_autograd(f"{_LIB}::encode_aux", _encode_aux_backward, setup_context=_encode_aux_setup)
 
 
-def _decoder_grads(ctx, S, values, indices, row_offsets, W):
-    """Gradients of (values, W, bias) from suffix sums S [m, N, d]."""
-    gv = gW = gb = None
-    if ctx.needs_input_grad[0]:
+def _decoder_grads(ctx, S, values, indices, row_offsets, W, gv=None):
+    """Gradients of (values, W, bias) from suffix sums S [m, N, d] (gv: the values' gradient when already known)."""
+    gW = gb = None
+    if ctx.needs_input_grad[0] and gv is None:
         gv = _ops.grouped_dot(S, indices, row_offsets, W, ctx.group_ends)
     if ctx.needs_input_grad[3]:
         gW, _ = _ops.latent_grad(S, values, indices, row_offsets, ctx.group_ends, W.shape[0], W.dtype)
@@ -248,8 +254,12 @@ def _mse_setup(ctx, inputs, output):
 
 def _mse_backward(ctx, grad_loss):
     values, indices, row_offsets, W, bias, target = ctx.saved_tensors
-    S = _ops.nested_mse_backward(grad_loss, values, indices, row_offsets, W, bias, target, ctx.group_ends)
-    gv, gW, gb = _decoder_grads(ctx, S, values, indices, row_offsets, W)
+    args = (grad_loss, values, indices, row_offsets, W, bias, target, ctx.group_ends)
+    if ctx.needs_input_grad[0]:  # S and the values' gradient in one pass (the CPU kernel reuses the cached rows)
+        S, gv = _ops.nested_mse_backward_dot(*args)
+    else:
+        S, gv = _ops.nested_mse_backward(*args), None
+    gv, gW, gb = _decoder_grads(ctx, S, values, indices, row_offsets, W, gv)
     gy = (-S[0]).to(target.dtype) if ctx.needs_input_grad[5] else None
     return gv, None, None, gW, gb, gy, None
 

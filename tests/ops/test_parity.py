@@ -112,3 +112,19 @@ def test_latent_grad_transposed_is_the_same_reduction(seed, dtype, threads):
         torch.set_num_threads(before)
     assert gt.shape == (d, F) and gt.is_contiguous()
     assert torch.equal(gt, g.t()) and torch.equal(st, s)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_mse_backward_dot_equals_the_two_ops(seed, dtype):
+    # nested_mse_backward_dot (what the autograd of nested_mse calls) must give the bits of nested_mse_backward
+    # followed by grouped_dot.
+    from matryoshka_ext._library import ops as raw
+
+    p = random_problem(dtype)
+    acts = mx.encode(p.x.detach(), p.W_enc.detach(), p.b_enc.detach(), p.k, "batch")
+    args = (torch.rand(len(p.ends)), acts.values, acts.indices, acts.row_offsets, p.W_dec.detach(),
+            p.b_dec.detach(), p.target.detach(), p.ends)
+    S, gv = raw.nested_mse_backward_dot(*args)
+    S2 = raw.nested_mse_backward(*args)
+    assert torch.equal(S, S2)
+    assert torch.equal(gv, raw.grouped_dot(S2, acts.indices, acts.row_offsets, p.W_dec.detach(), p.ends))
