@@ -300,6 +300,25 @@ class TrainConfig(_Base):
     adam_beta1: float = _help("Adam beta1", default=0.9)
     adam_beta2: float = _help("Adam beta2", default=0.999)
     grad_clip: float = _help("gradient-norm clip (0 = off)", default=1.0)
+    ema_decay: float = _help(
+        "if > 0: keep an exponential moving average of the parameters (decay min(ema_decay, (1+t)/(10+t)) at "
+        "step t) and save/evaluate the averaged transcoder (decoder rows renormalised, the norm folded into the "
+        "encoder, JumpReLU threshold recalibrated on the last batch); 0 = save the last weights",
+        default=0.0,
+    )
+    density_cap: float = _help(
+        "if > 0: a latent whose running firing rate (EMA over ~100 steps of training batches) exceeds this fraction "
+        "of tokens has its encoder bias lowered by density_cap_rate * threshold after each step (bias-only load "
+        "balancing, as DeepSeek-V3's auxiliary-loss-free balancing); 0 = off",
+        default=0.0,
+    )
+    density_cap_rate: float = _help("bias step of density_cap, in units of the JumpReLU threshold", default=0.05)
+    revive_rate: float = _help(
+        "if > 0: every latent counted dead (not fired for transcoder.dead_tokens tokens) has its encoder bias "
+        "raised by revive_rate * threshold after each step until it fires again (the other side of density_cap's "
+        "bias balancing); 0 = off (AuxK alone)",
+        default=0.0,
+    )
     max_nonfinite_in_a_row: int = _help(
         "a step whose loss or gradient is NaN/Inf is skipped and counted; stop after this many in a row",
         default=10,
@@ -369,6 +388,14 @@ class TrainConfig(_Base):
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if not self.grad_clip >= 0:
             raise ConfigError(f"grad_clip must be >= 0, got {self.grad_clip!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if not 0 <= self.density_cap <= 1:
+            raise ConfigError(f"density_cap must be in [0, 1], got {self.density_cap!r}")
+        if not self.density_cap_rate >= 0:
+            raise ConfigError(f"density_cap_rate must be >= 0, got {self.density_cap_rate!r}")
+        if not self.revive_rate >= 0:
+            raise ConfigError(f"revive_rate must be >= 0, got {self.revive_rate!r}")
         choices = {"model_dtype": DTYPES, "cache_dtype": DTYPES, "cache_mode": CACHE_MODES, "wandb_mode": WANDB_MODES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

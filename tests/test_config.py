@@ -83,6 +83,8 @@ def test_transcoder_validation_names_field(kwargs, field):
         (dict(wandb_mode="sometimes"), "wandb_mode"),
         (dict(keep_last=0), "keep_last"),
         (dict(grad_clip=-1.0), "grad_clip"),
+        (dict(ema_decay=1.0), "ema_decay"),
+        (dict(ema_decay=-0.5), "ema_decay"),
         (dict(cache_dtype="int4"), "cache_dtype"),
         (dict(cache_mode="ram"), "cache_mode"),
     ],

@@ -45,8 +45,30 @@ def fidelity(tc: Any, heldout: str, mode: str, heldout_tokens: int | None, layer
     from matryoshka_ext.eval.evaluate import EvalConfig, evaluate
 
     cfg = EvalConfig(n_tokens=heldout_tokens or 10**12, splice_tokens=0, chunk_tokens=4096)
-    res = evaluate([tc], None, sites_for(layer), None, cfg, activations=heldout_batches(heldout, mode, heldout_tokens))
-    return summarize(res["transcoders"][0])
+    counts: list[Any] = []
+    encode = tc.encode
+
+    def counting_encode(x: Any) -> Any:  # per-latent firing counts of the same pass (max density, > 50% dense)
+        acts = encode(x)
+        fired = acts.indices[acts.values > 0]
+        import torch
+
+        c = torch.bincount(fired.long(), minlength=acts.num_latents)
+        counts.append(c if not counts else counts.pop() + c)
+        return acts
+
+    tc.encode = counting_encode
+    try:
+        res = evaluate([tc], None, sites_for(layer), None, cfg,
+                       activations=heldout_batches(heldout, mode, heldout_tokens))  # fmt: skip
+    finally:
+        del tc.encode
+    out = summarize(res["transcoders"][0])
+    if counts:
+        dens = counts[0].double() / max(out["n_tokens"], 1)
+        out["max_density"] = float(dens.max())
+        out["dense50"] = int((dens > 0.5).sum())
+    return out
 
 
 SPLICE_KEYS = ("ce", "delta_ce", "ce_recovered_zero", "ce_recovered_mean", "kl")

@@ -455,7 +455,12 @@ def _print_summary(res: dict[str, Any]) -> None:
         print(f"clean CE {c['ce']:.4f} | zero-abl. {c['ce_zero_ablation']:.4f} | mean-abl. {c['ce_mean_ablation']:.4f}")
     for t in res["transcoders"]:
         for p in t["prefixes"]:
-            dce = "" if p["delta_ce"] is None else f" dCE {p['delta_ce']:+.4f} KL {p['kl']:.4f}"
+            dce = "" if p["delta_ce"] is None else f" dCE {p['delta_ce']:+.4f}"
+            if p["delta_ce"] is not None and p.get("delta_ce_se") is not None:
+                dce += f" ± {p['delta_ce_se']:.4f}"
+            if p.get("delta_ce_step") is not None and p.get("delta_ce_step_se") is not None:
+                dce += f" (step {p['delta_ce_step']:+.4f} ± {p['delta_ce_step_se']:.4f})"
+            dce += "" if p["delta_ce"] is None else f" KL {p['kl']:.4f}"
             print(
                 f"{t['name']} prefix {p['prefix']} ({p['latents']} latents): L0 {p['l0_mean']:.1f} "
                 f"FVU {p['fvu']:.4f} cos {p['cosine']:.3f}{dce}"

@@ -271,6 +271,7 @@ def _assemble(
     clean: dict[str, Any] = {"n_scored": stats.n.get("clean", 0)}
     if spliced:
         clean.update(
+            n_contexts=stats.paired("clean", "clean")["contexts"],
             ce=stats.mean_ce("clean"),
             ce_zero_ablation=stats.mean_ce("zero"),
             ce_mean_ablation=stats.mean_ce("mean"),
@@ -281,6 +282,7 @@ def _assemble(
     for e in entries:
         fid, sp = e.fid.result(), e.spars.result()
         prefixes = []
+        prev = None  # the previous spliced prefix's key (its CE is paired with this one's)
         for i, end in enumerate(e.tc.ends):
             row = {
                 "prefix": i + 1,
@@ -292,8 +294,11 @@ def _assemble(
             key = (e.tc.name, i + 1)
             if spliced and key in stats.n:
                 row.update(stats.summary(key))
+                row.update(_paired_fields(stats, key, prev))
+                prev = key
             else:
                 row.update(ce=None, delta_ce=None, ce_recovered_zero=None, ce_recovered_mean=None, kl=None)
+                row.update(_paired_fields(None, key, None))
             prefixes.append(row)
         out.append(
             {
@@ -312,6 +317,35 @@ def _assemble(
         "transcoders": out,
         "timing_s": seconds,
     }
+
+
+def _paired_fields(stats: SpliceStats | None, key: Any, prev: Any) -> dict[str, Any]:
+    """Paired SEs of a spliced prefix (``SpliceStats.paired``): of its delta CE (vs the clean run) and of the
+    step from the previous spliced prefix, CE_this - CE_prev (None for the first; ``delta_ce_step_from`` names
+    that prefix). ``*_se`` is clustered by context, ``*_se_iid`` treats predictions as independent."""
+    out: dict[str, Any] = dict.fromkeys(
+        (
+            "delta_ce_se",
+            "delta_ce_se_iid",
+            "delta_ce_step",
+            "delta_ce_step_se",
+            "delta_ce_step_se_iid",
+            "delta_ce_step_from",
+        )
+    )
+    if stats is None:
+        return out
+    d = stats.paired(key, "clean")
+    out.update(delta_ce_se=d["se"], delta_ce_se_iid=d["se_iid"])
+    if prev is not None:
+        s = stats.paired(key, prev)
+        out.update(
+            delta_ce_step=s["diff"],
+            delta_ce_step_se=s["se"],
+            delta_ce_step_se_iid=s["se_iid"],
+            delta_ce_step_from=prev[1],
+        )
+    return out
 
 
 class _NoBar:

@@ -8,6 +8,9 @@ For every transcoder (any format ``load_transcoder`` reads), on the same languag
 3. direct logit attribution of every decoder row (``pages.logit_attribution``);
 4. ``OUT/<name>/browser.html`` (one self-contained page), ``hierarchy.md``, ``samples.md`` and the samples folder;
    ``OUT/interp.json`` and ``OUT/interp.md`` compare all transcoders (absorption table, group summaries, timing).
+5. for every argument that is a training run with an eval report (``RUN/eval/eval.md``, the main job's), an
+   interp section in that report (absorption table, group summary, timing, links), replaced on a rerun; ``eval``
+   keeps it when it rewrites the report. OUT defaults to ``RUN/interp`` for one run folder, else ``eval_out/interp``.
 
 Flags: the shared model/site/data flags of ``eval``; ``--n-tokens`` (scan), ``--top-n``, ``--window``,
 ``--browser-latents`` (latents whose contexts are embedded), ``--browser-contexts``, ``--quantile-intervals``,
@@ -142,33 +145,80 @@ def interp_markdown(records: list[dict[str, Any]], absorptions: list[Any], meta:
             markdown_table([a for a in absorptions if a is not None]),
         ]
     for r in records:
-        lines += [
-            f"## {r['name']}: groups",
-            "",
-            "| group | latents | live | with parent | mean P(parent|child) | "
-            "share P > 0.9 | median lift | mean dec. cos | parent in previous group |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for g in r["hierarchy"]["groups"]:
-
-            def f(k: str, g: dict = g) -> str:
-                v = g.get(k)
-                return "–" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
-
-            lines.append(
-                f"| {g['group']} | {g['latents']} | {g['live']} | {f('with_parent')} | {f('mean_p_parent')} | "
-                f"{f('frac_p_parent_over_0_9')} | {f('median_lift')} | {f('mean_parent_cos')} | "
-                f"{f('frac_parent_in_previous_group')} |"
-            )
-        tm = r["timing"]
-        lines += [
-            "",
-            "Time (s): "
-            + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in tm.items())
-            + f"; browser {r['browser_mb']:.1f} MB",
-            "",
-        ]
+        lines += [f"## {r['name']}: groups", "", *_groups_lines(r), "", _timing_line(r), ""]
     return "\n".join(lines) + "\n"
+
+
+def _groups_lines(r: dict[str, Any]) -> list[str]:
+    """The hierarchy's per-group summary table of one transcoder's record."""
+    lines = [
+        "| group | latents | live | with parent | mean P(parent \\| child) | "
+        "share P > 0.9 | median lift | mean dec. cos | parent in previous group |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for g in r["hierarchy"]["groups"]:
+
+        def f(k: str, g: dict = g) -> str:
+            v = g.get(k)
+            return "–" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+        lines.append(
+            f"| {g['group']} | {g['latents']} | {g['live']} | {f('with_parent')} | {f('mean_p_parent')} | "
+            f"{f('frac_p_parent_over_0_9')} | {f('median_lift')} | {f('mean_parent_cos')} | "
+            f"{f('frac_parent_in_previous_group')} |"
+        )
+    return lines
+
+
+def _timing_line(r: dict[str, Any]) -> str:
+    tm = r["timing"]
+    return "Time (s): " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in tm.items()) + f"; browser {r['browser_mb']:.1f} MB"
+
+
+EVAL_BEGIN, EVAL_END = "<!-- interp: begin -->", "<!-- interp: end -->"
+
+
+def eval_section(r: dict[str, Any], absorptions: list[Any], out: str, report_dir: str) -> str:
+    """The interp section of a run's eval.md: absorption per prefix (every transcoder of this interp run, so the
+    comparison stays beside it), this transcoder's group summary and timing, links relative to ``report_dir``."""
+    from .absorption import markdown_table
+
+    rel = os.path.relpath
+    lines = [EVAL_BEGIN, "", "## Interpretability (`matryoshka-ext interp`)", ""]
+    lines += [
+        f"Full report: [{rel(os.path.join(out, 'interp.md'), report_dir)}]"
+        f"({rel(os.path.join(out, 'interp.md'), report_dir)}); feature browser: "
+        f"[{rel(r['browser'], report_dir)}]({rel(r['browser'], report_dir)}) ({r['browser_mb']:.1f} MB); "
+        f"{r['n_tokens']} scanned tokens.",
+        "",
+    ]
+    if any(a is not None for a in absorptions):
+        lines += [
+            "Feature absorption on the first-letter task (encoder side; rates are means over the scored letters of "
+            "each letter's probe true positives; docs/INTERP.md):",
+            "",
+            markdown_table([a for a in absorptions if a is not None]),
+        ]
+    lines += ["Latent hierarchy (parent = the earlier-group latent that co-fires most):", "", *_groups_lines(r)]
+    lines += ["", _timing_line(r), "", EVAL_END]
+    return "\n".join(lines) + "\n"
+
+
+def attach_to_eval_report(md_path: str, section: str) -> None:
+    """Put ``section`` at the end of an existing eval.md, replacing an earlier interp section."""
+    with open(md_path) as fh:
+        text = fh.read()
+    a, b = text.find(EVAL_BEGIN), text.find(EVAL_END)
+    if a >= 0 and b > a:
+        text = text[:a] + text[b + len(EVAL_END) :].lstrip("\n")
+    with open(md_path, "w") as fh:
+        fh.write(text.rstrip("\n") + "\n\n" + section)
+
+
+def _run_eval_report(path: str) -> str | None:
+    """A run folder's eval report (RUN/eval/eval.md, written by the main job's eval step), if it exists."""
+    md = os.path.join(path, "eval", "eval.md")
+    return md if os.path.isdir(path) and os.path.isfile(md) else None
 
 
 def interp_command(args: argparse.Namespace) -> int:
@@ -182,7 +232,10 @@ def interp_command(args: argparse.Namespace) -> int:
     sites = _sites(args, tcs)
     model, model_name = _lm(args, tcs)
     _check_widths(model, sites, tcs)
-    out = args.out or os.path.join("eval_out", "interp")
+    single_run = len(args.transcoders) == 1 and os.path.isfile(os.path.join(args.transcoders[0], "config.yaml"))
+    out = args.out or (
+        os.path.join(args.transcoders[0], "interp") if single_run else os.path.join("eval_out", "interp")
+    )
     records, absorptions, cache = [], [], {}
     for tc in tcs:
         rec, ab = interp_one(tc, model, sites, _contexts(args, model), args, os.path.join(out, _slug(tc.name)), cache)
@@ -211,4 +264,9 @@ def interp_command(args: argparse.Namespace) -> int:
     with open(os.path.join(out, "interp.md"), "w") as fh:
         fh.write(interp_markdown(records, absorptions, meta))
     print(f"wrote interp.json, interp.md and one folder per transcoder to {out}")
+    for path, rec in zip(args.transcoders, records):
+        md = _run_eval_report(path)
+        if md is not None:
+            attach_to_eval_report(md, eval_section(rec, absorptions, out, os.path.dirname(md)))
+            print(f"added the interp section to {md}")
     return 0

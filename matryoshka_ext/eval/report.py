@@ -42,6 +42,29 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def _pm(v: Any, se: Any) -> str:
+    """'value ± se' (4 decimals), or the value alone when there is no finite SE."""
+    if v is None or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "–"
+    if se is None or not math.isfinite(se):
+        return f"{v:.4f}"
+    return f"{v:.4f} ± {se:.4f}"
+
+
+def _step(p: dict[str, Any]) -> str:
+    """The change of CE from the previous spliced prefix ± its paired SE, marked with the prefix it starts from
+    when that is not the one just before."""
+    if p.get("delta_ce_step") is None:
+        return "–"
+    out = f"{p['delta_ce_step']:+.4f}"
+    se = p.get("delta_ce_step_se")
+    if se is not None and math.isfinite(se):
+        out += f" ± {se:.4f}"
+    if p.get("delta_ce_step_from") not in (None, p["prefix"] - 1):
+        out += f" (from {p['delta_ce_step_from']})"
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ markdown
 def eval_markdown(result: dict[str, Any], title: str = "Transcoder evaluation") -> str:
     """Markdown summary: set-up, clean/ablation losses, per-prefix table and sparsity of every transcoder."""
@@ -59,6 +82,11 @@ def eval_markdown(result: dict[str, Any], title: str = "Transcoder evaluation") 
     ]
     if "ce" in c:
         lines += [
+            f"- ΔCE ± SE: paired over the {c.get('n_scored', 0)} shared predictions, clustered by context "
+            f"({c.get('n_contexts', '?')} contexts; eval.json also holds the i.i.d.-token SE); "
+            "step = CE of this prefix − CE of the previous one (negative: the larger prefix predicts better); "
+            "|step| < 2 SE is within noise",
+            "",
             "| clean CE | zero-ablation CE | mean-ablation CE | KL zero-abl. | KL mean-abl. |",
             "|---|---|---|---|---|",
             f"| {_fmt(c['ce'])} | {_fmt(c['ce_zero_ablation'])} | {_fmt(c['ce_mean_ablation'])} | "
@@ -74,16 +102,16 @@ def eval_markdown(result: dict[str, Any], title: str = "Transcoder evaluation") 
             f"format `{d['meta'].get('format', d['class'])}`, d_in {d['d_in']}, d_out {d['d_out']}, "
             f"{d['num_latents']} latents, prefix ends {d['prefix_ends'] or '—'}",
             "",
-            "| prefix | latents | L0 | FVU | expl. var. | cosine | MSE | CE | ΔCE | CE rec. (zero) "
+            "| prefix | latents | L0 | FVU | expl. var. | cosine | MSE | CE | ΔCE ± SE | step ± SE | CE rec. (zero) "
             "| CE rec. (mean) | KL |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p in t["prefixes"]:
             lines.append(
                 f"| {p['prefix']} | {p['latents']} | {_fmt(p['l0_mean'])} | {_fmt(p['fvu'])} | "
                 f"{_fmt(p['explained_variance'])} | {_fmt(p['cosine'])} | {_fmt(p['mse'])} | {_fmt(p['ce'])} | "
-                f"{_fmt(p['delta_ce'])} | {_fmt(p['ce_recovered_zero'])} | {_fmt(p['ce_recovered_mean'])} | "
-                f"{_fmt(p['kl'])} |"
+                f"{_pm(p['delta_ce'], p.get('delta_ce_se'))} | {_step(p)} | {_fmt(p['ce_recovered_zero'])} | "
+                f"{_fmt(p['ce_recovered_mean'])} | {_fmt(p['kl'])} |"
             )
         lines += [
             "",
@@ -158,10 +186,13 @@ def plot_vs_prefix(result: dict[str, Any], key: str, ylabel: str, path: str) -> 
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = False
     for t in result["transcoders"]:
-        pts = [(p["latents"], p[key]) for p in t["prefixes"] if p.get(key) is not None]
+        pts = [(p["latents"], p[key], p.get(f"{key}_se")) for p in t["prefixes"] if p.get(key) is not None]
         if pts:
-            xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="o", label=t["name"])
+            xs, ys, se = zip(*pts)
+            if all(e is not None and math.isfinite(e) for e in se):  # paired SE (ΔCE): 1-SE error bars
+                ax.errorbar(xs, ys, yerr=se, marker="o", capsize=3, label=f"{t['name']} (± 1 SE)")
+            else:
+                ax.plot(xs, ys, marker="o", label=t["name"])
             drawn = True
     if not drawn:
         plt.close(fig)
@@ -237,6 +268,18 @@ def plot_density_hist(result: dict[str, Any], path: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ writers
+def _interp_section(md_path: str) -> str:
+    """The section ``matryoshka-ext interp`` added to an existing eval.md (kept when eval rewrites it), or ''."""
+    from .interp_command import EVAL_BEGIN, EVAL_END
+
+    if not os.path.isfile(md_path):
+        return ""
+    with open(md_path) as fh:
+        text = fh.read()
+    a, b = text.find(EVAL_BEGIN), text.find(EVAL_END)
+    return text[a : b + len(EVAL_END)] + "\n" if a >= 0 and b > a else ""
+
+
 def write_eval(result: dict[str, Any], out_dir: str, title: str = "Transcoder evaluation") -> dict[str, str]:
     """eval.json, eval.md and the four plots; returns {artifact: path}."""
     os.makedirs(out_dir, exist_ok=True)
@@ -244,8 +287,9 @@ def write_eval(result: dict[str, Any], out_dir: str, title: str = "Transcoder ev
         "json": write_json(result, os.path.join(out_dir, "eval.json")),
         "markdown": os.path.join(out_dir, "eval.md"),
     }
+    kept = _interp_section(paths["markdown"])
     with open(paths["markdown"], "w") as fh:
-        fh.write(eval_markdown(result, title))
+        fh.write(eval_markdown(result, title) + ("\n" + kept if kept else ""))
     per_prefix = (("fvu", "FVU", "fvu_vs_prefix.png"), ("delta_ce", "ΔCE (nats)", "delta_ce_vs_prefix.png"))
     for key, ylabel, fname in per_prefix:
         p = plot_vs_prefix(result, key, ylabel, os.path.join(out_dir, fname))

@@ -17,6 +17,13 @@ Per variant we accumulate (float64): CE = mean -log p(token_{t+1}), and KL(clean
 mean sum_v p_clean(v) (log p_clean(v) - log p_variant(v)). Summaries:
 delta CE = CE_variant - CE_clean; CE loss recovered vs ablation A = (CE_A - CE_variant) / (CE_A - CE_clean).
 
+Uncertainty (``SpliceStats.paired``): every variant is scored on the same predictions, so a difference of two mean
+CEs (delta CE = variant - clean, or prefix i+1 - prefix i) is the mean of per-prediction differences d_t, and its
+standard error is a paired one. Predictions of one context share its text and, after the splice, its residual
+stream, so they are not independent: the reported SE is clustered by context (the usual sandwich estimate,
+G/(G-1) sum_c (sum_{t in c} (d_t - mean d))^2 / n^2 over the G contexts), which is what decides "within noise";
+the i.i.d.-token SE sd(d)/sqrt(n) is kept beside it (smaller whenever errors correlate within a context).
+
 How (``LogitScorer``): a forward stops at the final residual stream and only the scored rows [S, d] are
 unembedded, into reused buffers (in row chunks of at most ``max_elements`` logits). CE and KL come from
 logsumexp: with z the logits, lse = logsumexp(z), p = softmax(z_clean),
@@ -30,6 +37,7 @@ and one logsumexp, with no [B, T, V] logits, log-softmax or product copies.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,18 +54,60 @@ def scored_positions(keep: torch.Tensor) -> torch.Tensor:
 
 
 class SpliceStats:
-    """Float64 sums of CE and KL(clean || variant) per variant key."""
+    """Float64 sums of CE and KL(clean || variant) per variant key, and the per-prediction CEs (float64, CPU) with
+    the context of each prediction, for paired standard errors (``paired``)."""
 
     def __init__(self) -> None:
         self.ce: dict[Any, float] = {}
         self.kl: dict[Any, float] = {}
         self.n: dict[Any, int] = {}
+        self.rows: dict[Any, list[torch.Tensor]] = {}  # per key: per-batch CE [S] in the order of the clean rows
+        self.contexts: list[torch.Tensor] = []  # per batch: context id of each clean row (global numbering)
+        self.n_contexts = 0
 
-    def add(self, key: Any, ce: torch.Tensor, kl: torch.Tensor | None) -> None:
-        """Per-row CE [S] and KL [S] of one variant on one batch (kl None: the clean run, KL 0)."""
+    def add(
+        self,
+        key: Any,
+        ce: torch.Tensor,
+        kl: torch.Tensor | None,
+        contexts: torch.Tensor | None = None,
+        batch_contexts: int | None = None,
+    ) -> None:
+        """Per-row CE [S] and KL [S] of one variant on one batch (kl None: the clean run, KL 0).
+
+        ``contexts`` [S] (the clean call only): index of each row's context within the batch of ``batch_contexts``;
+        without it every row counts as its own context (i.i.d. rows)."""
         self.ce[key] = self.ce.get(key, 0.0) + float(ce.double().sum())
         self.kl[key] = self.kl.get(key, 0.0) + (float(kl.double().sum()) if kl is not None else 0.0)
         self.n[key] = self.n.get(key, 0) + int(ce.numel())
+        self.rows.setdefault(key, []).append(ce.detach().double().cpu().reshape(-1))
+        if kl is None:
+            if contexts is None:
+                contexts, batch_contexts = torch.arange(ce.numel()), int(ce.numel())
+            self.contexts.append(contexts.detach().cpu().long().reshape(-1) + self.n_contexts)
+            if batch_contexts is None:
+                batch_contexts = int(contexts.max()) + 1 if contexts.numel() else 0
+            self.n_contexts += int(batch_contexts)
+
+    def per_row(self, key: Any) -> torch.Tensor:
+        """Every scored prediction's CE of one variant [n] (float64), in the clean run's row order."""
+        return torch.cat(self.rows[key]) if self.rows.get(key) else torch.zeros(0, dtype=torch.float64)
+
+    def paired(self, a: Any, b: Any) -> dict[str, float]:
+        """mean(CE_a - CE_b) over the shared predictions with its paired SEs: ``se`` clustered by context,
+        ``se_iid`` treating predictions as independent; ``n`` predictions, ``contexts`` clusters."""
+        d = self.per_row(a) - self.per_row(b)
+        n = int(d.numel())
+        if n == 0:
+            return {"diff": float("nan"), "se": float("nan"), "se_iid": float("nan"), "n": 0, "contexts": 0}
+        mean = d.mean()
+        se_iid = float(d.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+        ctx = torch.cat(self.contexts) if self.contexts else torch.arange(n)
+        _, ctx = torch.unique(ctx, return_inverse=True)
+        sums = torch.zeros(int(ctx.max()) + 1, dtype=torch.float64).index_add_(0, ctx, d - mean)
+        g = int(sums.numel())
+        se = float(torch.sqrt(g / (g - 1) * (sums**2).sum()) / n) if g > 1 else float("nan")
+        return {"diff": float(mean), "se": se, "se_iid": se_iid, "n": n, "contexts": g}
 
     def mean_ce(self, key: Any) -> float:
         return self.ce[key] / max(self.n[key], 1)
@@ -244,7 +294,8 @@ def splice_batch(
     targets = tokens[:, 1:][scored]
     if targets.numel() == 0:
         return x, y
-    stats.add("clean", scorer.clean(scorer.final_rows(final, scored), targets), None)
+    rows_ctx = scored.nonzero()[:, 0]  # context of each scored row (row-major, the order of final_rows)
+    stats.add("clean", scorer.clean(scorer.final_rows(final, scored), targets), None, rows_ctx, tokens.shape[0])
     del final
     y_mean = y[keep].float().mean(0)
     d_out = y.shape[-1]

@@ -172,6 +172,11 @@ class Trainer:
         self.last_checkpoint: str | None = None
         self.nonfinite_skipped = 0  # batches skipped for a NaN/Inf loss or gradient, over the whole run
         self._nonfinite_run = 0  # ... and in a row, up to now
+        # cfg.ema_decay > 0: the parameter average that finish() saves (see _ema_update / _apply_ema)
+        self.ema: dict[str, torch.Tensor] | None = None
+        # cfg.density_cap > 0: running firing rate per latent (see _cap_density)
+        self.density: torch.Tensor | None = None
+        self._last_x: torch.Tensor | None = None
 
     # --------------------------------------------------------------------------------------------------
     # setup
@@ -217,6 +222,7 @@ class Trainer:
         self.model.initialize_from_batch(gx, gy)
         self.model.train()
         self._build_optim()
+        self._init_ema()
 
     def _resume(self, path: str) -> None:
         ckpt = load_checkpoint(path)
@@ -245,6 +251,12 @@ class Trainer:
         self.wandb_id = st.get("wandb_id")
         self.nonfinite_skipped = int(st.get("nonfinite_skipped", 0))
         self.last_checkpoint = ckpt.path
+        self._init_ema()
+        if self.density is not None and st.get("density") is not None:
+            self.density.copy_(st["density"])
+        if self.ema is not None and st.get("ema") is not None:
+            for name, t in st["ema"].items():
+                self.ema[name].copy_(t)
 
     # --------------------------------------------------------------------------------------------------
     # steps
@@ -274,12 +286,87 @@ class Trainer:
         opt.step()
         opt.zero_grad(set_to_none=True)
         model.normalize_decoder()
+        self._ema_update()
+        self._last_x = x
         world = self.dist.world_size
         model.update_stats(out.acts, x.shape[0] * world, sync=self._sync_stats if world > 1 else None)
+        self._cap_density(out.acts, x.shape[0])
+        self._revive_dead()
         sched.step()
         self.step += 1
         self.tokens_seen += x.shape[0] * world
         return out
+
+    # --------------------------------------------------------------------------------------------------
+    # parameter averaging (cfg.ema_decay)
+
+    def _init_ema(self) -> None:
+        assert self.model is not None
+        if self.cfg.ema_decay > 0:
+            self.ema = {n: p.detach().float().clone() for n, p in self.model.named_parameters()}
+        if self.cfg.density_cap > 0:
+            self.density = torch.zeros(self.model.cfg.dict_size, device=self.device, dtype=torch.float32)
+
+    DENSITY_MOMENTUM = 0.99
+
+    @torch.no_grad()
+    def _cap_density(self, acts: Any, n_rows: int) -> None:
+        """density <- m * density + (1 - m) * (fraction of this batch's rows each latent fired on); every latent
+        above cfg.density_cap gets b_enc -= density_cap_rate * threshold (the JumpReLU threshold: the scale of a
+        selected activation). Data parallel: each rank applies its own batch share's rates (close to the global
+        ones for batches of >= 1k tokens per rank); ranks may then drift apart slightly in b_enc."""
+        if self.density is None:
+            return
+        model = self.model
+        assert model is not None
+        fired = acts.indices[acts.values > 0]
+        rate = torch.bincount(fired.long(), minlength=self.density.numel()).float() / max(n_rows, 1)
+        self.density.lerp_(rate, 1.0 - self.DENSITY_MOMENTUM)
+        over = (self.density > self.cfg.density_cap).to(model.b_enc.dtype)
+        model.b_enc.sub_(over * (self.cfg.density_cap_rate * model.threshold).to(model.b_enc.dtype))
+
+    @torch.no_grad()
+    def _ema_update(self) -> None:
+        """ema <- d * ema + (1 - d) * param after each good step, d = min(ema_decay, (1 + t) / (10 + t)) with t
+        the steps done before this one (early steps, far from the end, are forgotten quickly)."""
+        if self.ema is None:
+            return
+        assert self.model is not None
+        d = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        for n, p in self.model.named_parameters():
+            self.ema[n].lerp_(p.detach().float(), 1.0 - d)
+
+    @torch.no_grad()
+    def _apply_ema(self) -> None:
+        """Load the averaged parameters into the model, in the form the model's constraint wants: decoder rows
+        back to unit norm with each row's norm folded into its encoder column and bias (a_f W_dec[f] unchanged
+        for every active latent), then the JumpReLU threshold recalibrated for the averaged encoder on the
+        last training batch (the smallest positive activation the training selection keeps)."""
+        model = self.model
+        assert model is not None and self.ema is not None
+        for n, p in model.named_parameters():
+            p.copy_(self.ema[n].to(p.dtype))
+        norm = model.W_dec.float().norm(dim=1).clamp_min(1e-12)
+        model.W_dec.div_(norm[:, None].to(model.W_dec.dtype))
+        model.W_enc.mul_(norm[None, :].to(model.W_enc.dtype))
+        model.b_enc.mul_(norm.to(model.b_enc.dtype))
+        if self._last_x is not None:
+            acts = model.encode(self._last_x, mode=self.cfg.transcoder.selection)
+            vals = acts.values.float()
+            vals = vals[vals > 0]
+            if vals.numel():
+                model.threshold.fill_(float(vals.min()))
+
+    @torch.no_grad()
+    def _revive_dead(self) -> None:
+        """b_enc += revive_rate * threshold for every latent the model counts dead (cfg.revive_rate > 0): its
+        pre-activation rises until the selection picks it, and the main loss trains it from there."""
+        if self.cfg.revive_rate <= 0:
+            return
+        model = self.model
+        assert model is not None
+        dead = model.dead_mask().to(model.b_enc.dtype)
+        model.b_enc.add_(dead * (self.cfg.revive_rate * model.threshold).to(model.b_enc.dtype))
 
     def _module(self) -> torch.nn.Module:
         """What the training forward calls: the model, wrapped in DistributedDataParallel across ranks."""
@@ -344,6 +431,10 @@ class Trainer:
             "wandb_id": self.wandb_id,
             "nonfinite_skipped": self.nonfinite_skipped,
         }
+        if self.ema is not None:
+            state["ema"] = {n: t.detach() for n, t in self.ema.items()}
+        if self.density is not None:
+            state["density"] = self.density.detach()
         if self.dist.is_main:  # all ranks hold the same state; only rank 0 writes it
             self.last_checkpoint = save_checkpoint(
                 self.run_dir,
@@ -442,6 +533,8 @@ class Trainer:
             self.save()
         transcoder_dir = os.path.join(self.run_dir, "transcoder")
         ev = None
+        if self.ema is not None:  # from here on the model holds the averaged weights (the checkpoint: the live ones)
+            self._apply_ema()
         if self.dist.is_main:
             model.save_pretrained(transcoder_dir)
             ev = evaluate(model, self.eval_data(), self.device) if self.eval_data is not None else None

@@ -83,6 +83,9 @@ def test_every_row_trained_by_its_code_and_scored(bench):
         for p in ev["prefixes"]:
             assert 0 < p["fvu"] < float("inf") and p["l0_mean"] > 0  # 4 steps: a peer may still be far off
         assert 0 <= ev["dead_fraction"] <= 1 and 0 <= ev["dense_fraction"] <= 1
+        # the densest latent, counted in the same pass: > 50% dense only where the max density says so
+        assert 0 < ev["max_density"] <= 1 and (ev["dense50"] > 0) == (ev["max_density"] > 0.5)
+        assert ev["dense_fraction"] * 4096 >= ev["dense50"] - 1e-9
         assert e["train"]["tokens"] == TOKENS // runner.batch * runner.batch  # the package's default batch
         if ROWS[row].impl != "ours":
             # the harness reads the export exactly as the peer's own inference computes it

@@ -1,8 +1,8 @@
 """Experiment record (issue 13): train ours on the layer-12 benchmark cache with JSON overrides.
 
 "_patch" monkeypatches: nodecnorm (no unit-norm decoder), fixbdec (b_dec frozen at init), init_tokens (init fit
-on N tokens). Scores every prefix on the 122,880 held-out tokens; appends to /work/exp/q.jsonl (this session's
-results: sweep_L12.jsonl). Usage: python train_and_score.py NAME JSON
+on N tokens). Scores every prefix on the 122,880 held-out tokens; appends to $QOUT (default /work/exp/q.jsonl; the
+first session's results: sweep_L12.jsonl, the second's: sweep2_L12.jsonl). Usage: python train_and_score.py NAME JSON
 """
 
 import json
@@ -77,7 +77,8 @@ def main():
         ys = s if ys is None else ys + s
         n += y.shape[0]
     ymean = (ys / n).float()
-    for mode in ("jumprelu", "batch"):
+    modes = ("jumprelu", "batch", "row") if cfg.transcoder.selection == "row" else ("jumprelu", "batch")
+    for mode in modes:
         sse = torch.zeros(len(ends), dtype=torch.float64)
         var = 0.0
         cnt = torch.zeros(F)
@@ -112,7 +113,7 @@ def main():
             "dead_per_group": [int((cnt[s:e] == 0).sum()) for s, e in zip(starts, ends)],
         }
     print("RESULT", json.dumps(out), flush=True)
-    with open("/work/exp/q.jsonl", "a") as fh:
+    with open(os.environ.get("QOUT", "/work/exp/q.jsonl"), "a") as fh:
         fh.write(json.dumps(out) + "\n")
 
 
