@@ -45,6 +45,8 @@ def cpu_cases() -> list[Case]:
     cases = [Case(impl=i, f=8192) for i in impls]
     if FULL:  # the peers at F=32768 cost about 4 minutes more on 2 idle cores
         cases += [Case(impl=i, f=32768) for i in impls]
+    else:  # the step goals (issue 15) are stated at F=32768 too: ours, ours without AuxK and the floor
+        cases += [Case(impl=i, f=32768) for i in ("ours", "ours-noaux", "floor")]
     scale_f = [4096, 8192, 16384, 32768, 65536]
     for f in scale_f:
         cases.append(Case(impl="ours", f=f))

@@ -129,10 +129,13 @@ Tensor grouped_dot(const Tensor& S, const Tensor& indices, const Tensor& row_off
                    IntArrayRef group_ends);                                                                      \
 std::tuple<Tensor, Tensor> latent_grad(const Tensor& S, const Tensor& values, const Tensor& indices,             \
                                        const Tensor& row_offsets, IntArrayRef group_ends, int64_t num_latents,   \
-                                       at::ScalarType dtype);
+                                       at::ScalarType dtype, bool transposed);
 
 namespace cpu {
 MX_BACKEND_KERNELS
+std::tuple<Tensor, Tensor> nested_mse_backward_dot(const Tensor& grad_loss, const Tensor& values,
+                                                   const Tensor& indices, const Tensor& row_offsets, const Tensor& W,
+                                                   const Tensor& bias, const Tensor& target, IntArrayRef group_ends);
 }  // namespace cpu
 
 namespace cuda {

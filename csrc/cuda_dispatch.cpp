@@ -60,13 +60,21 @@ Tensor grouped_dot(const Tensor& S, const Tensor& indices, const Tensor& row_off
   return cuda::grouped_dot(S, indices, row_offsets, W, group_ends);
 }
 
+// The CPU kernel fuses the dots into the S pass (cache reuse); on CUDA the two kernels run back to back.
+std::tuple<Tensor, Tensor> nested_mse_backward_dot(const Tensor& grad_loss, const Tensor& values,
+                                                   const Tensor& indices, const Tensor& row_offsets, const Tensor& W,
+                                                   const Tensor& bias, const Tensor& target, IntArrayRef group_ends) {
+  Tensor S = nested_mse_backward(grad_loss, values, indices, row_offsets, W, bias, target, group_ends);
+  return {S, grouped_dot(S, indices, row_offsets, W, group_ends)};
+}
+
 std::tuple<Tensor, Tensor> latent_grad(const Tensor& S, const Tensor& values, const Tensor& indices,
                                        const Tensor& row_offsets, IntArrayRef group_ends, int64_t num_latents,
-                                       at::ScalarType dtype) {
+                                       at::ScalarType dtype, bool transposed) {
   check_latent_grad_args(S, values, indices, row_offsets, group_ends, num_latents);
   check_float_dtype(dtype, "dtype");
   check_int_sizes({row_offsets.numel(), num_latents, values.numel()}, "latent_grad");
-  return cuda::latent_grad(S, values, indices, row_offsets, group_ends, num_latents, dtype);
+  return cuda::latent_grad(S, values, indices, row_offsets, group_ends, num_latents, dtype, transposed);
 }
 
 }  // namespace
@@ -80,6 +88,7 @@ TORCH_LIBRARY_IMPL(matryoshka_ext, CUDA, m) {
   m.impl("nested_mse", &mx::cuda_entry::nested_mse);
   m.impl("nested_mse_backward", &mx::cuda_entry::nested_mse_backward);
   m.impl("grouped_dot", &mx::cuda_entry::grouped_dot);
+  m.impl("nested_mse_backward_dot", &mx::cuda_entry::nested_mse_backward_dot);
   m.impl("latent_grad", &mx::cuda_entry::latent_grad);
 }
 #endif  // MX_WITH_CUDA

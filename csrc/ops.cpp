@@ -127,11 +127,29 @@ static Csr select(const Tensor& pre, int64_t k, bool batch) {
   return batch ? cpu::batch_topk_select(pre, k) : cpu::topk_select(pre, k);
 }
 
+// pre = x @ W_enc + b_enc [N, F]. On CPU it goes into a per-thread workspace reused across calls: a fresh N x F
+// buffer every step comes from mmap and costs a page fault per 4 KiB (about a third of the GEMM's own time at
+// N=4096, F=8192). Nothing returned aliases it (the selections copy what they keep). Buffers above kMaxWorkspace
+// are not kept, so a one-off huge batch does not pin its memory. CUDA's caching allocator already reuses.
+static Tensor pre_activations(const Tensor& x, const Tensor& W_enc, const Tensor& b_enc) {
+  if (!x.is_cpu()) return at::addmm(b_enc, x, W_enc);
+  constexpr int64_t kMaxWorkspace = int64_t(1) << 30;  // bytes
+  thread_local Tensor workspace;
+  const int64_t n = x.size(0), f = W_enc.size(1), bytes = n * f * static_cast<int64_t>(x.element_size());
+  if (bytes > kMaxWorkspace) return at::addmm(b_enc, x, W_enc);
+  if (!workspace.defined() || workspace.scalar_type() != x.scalar_type() || workspace.numel() < n * f)
+    workspace = Tensor();  // release the old one before allocating its successor
+  if (!workspace.defined()) workspace = at::empty({n * f}, x.options());
+  Tensor pre = workspace.narrow(0, 0, n * f).view({n, f});
+  at::addmm_out(pre, b_enc, x, W_enc);
+  return pre;
+}
+
 // Fused encoder: GEMM through ATen (cuBLAS / CPU BLAS), then relu + selection. The N x F pre-activations die
 // here; the backward (registered in Python) needs only the selected entries.
 static Csr encode(const Tensor& x, const Tensor& W_enc, const Tensor& b_enc, int64_t k, bool batch) {
   check_encode_args(x, W_enc, b_enc, k);
-  return select(at::addmm(b_enc, x, W_enc), k, batch);
+  return select(pre_activations(x, W_enc, b_enc), k, batch);
 }
 
 // The encoder plus AuxK's selection from the same pre-activations: per row the top aux_k of relu(pre) over the
@@ -142,7 +160,7 @@ static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> encode_aux(con
                                                                            int64_t aux_k) {
   const int64_t f = check_encode_args(x, W_enc, b_enc, k);
   check_aux_args(x, dead, aux_k, f);
-  const Tensor pre = at::addmm(b_enc, x, W_enc);
+  const Tensor pre = pre_activations(x, W_enc, b_enc);
   auto [v, i, r] = select(pre, k, batch);
   Csr aux;
   if (pre.is_cuda()) {
@@ -181,12 +199,16 @@ TORCH_LIBRARY(matryoshka_ext, m) {
   // S[j] = sum_{i >= j} dL/dout[i]; nested_mse_backward builds it from grad_loss [m] without out.
   m.def("nested_mse_backward(Tensor grad_loss, Tensor values, Tensor indices, Tensor row_offsets, Tensor W, "
         "Tensor bias, Tensor target, int[] group_ends) -> Tensor");
+  // Both of the above in one pass: (S, grouped_dot(S, indices, row_offsets, W, group_ends)).
+  m.def("nested_mse_backward_dot(Tensor grad_loss, Tensor values, Tensor indices, Tensor row_offsets, Tensor W, "
+        "Tensor bias, Tensor target, int[] group_ends) -> (Tensor S, Tensor grad_values)");
   // [nnz] in W's dtype: grad_values[e] = <W[index_e], S[group(index_e), row_e]>.
   m.def("grouped_dot(Tensor S, Tensor indices, Tensor row_offsets, Tensor W, int[] group_ends) -> Tensor");
   // Latent-major reduction, deterministic: grad_W [F, d] = sum_e value_e * S[group(index_e), row_e] into row
-  // index_e, and value_sums [F] = sum_e value_e per latent; both in `dtype`.
+  // index_e, and value_sums [F] = sum_e value_e per latent; both in `dtype`. transposed=True returns grad_W as
+  // a contiguous [d, F] (the encoder weight's layout, so autograd need not copy a transposed view).
   m.def("latent_grad(Tensor S, Tensor values, Tensor indices, Tensor row_offsets, int[] group_ends, "
-        "int num_latents, ScalarType dtype) -> (Tensor grad_W, Tensor value_sums)");
+        "int num_latents, ScalarType dtype, bool transposed=False) -> (Tensor grad_W, Tensor value_sums)");
 }
 
 TORCH_LIBRARY_IMPL(matryoshka_ext, CompositeExplicitAutograd, m) {

@@ -61,14 +61,21 @@ def _(grad_loss, values, indices, row_offsets, W, bias, target, group_ends):
     return W.new_empty(len(group_ends), row_offsets.shape[0] - 1, W.shape[1], dtype=acc_dtype(W.dtype))
 
 
+@torch.library.register_fake(f"{_LIB}::nested_mse_backward_dot")
+def _(grad_loss, values, indices, row_offsets, W, bias, target, group_ends):
+    S = W.new_empty(len(group_ends), row_offsets.shape[0] - 1, W.shape[1], dtype=acc_dtype(W.dtype))
+    return S, W.new_empty(indices.shape[0])
+
+
 @torch.library.register_fake(f"{_LIB}::grouped_dot")
 def _(S, indices, row_offsets, W, group_ends):
     return W.new_empty(indices.shape[0])
 
 
 @torch.library.register_fake(f"{_LIB}::latent_grad")
-def _(S, values, indices, row_offsets, group_ends, num_latents, dtype):
-    return S.new_empty(num_latents, S.shape[2], dtype=dtype), S.new_empty(num_latents, dtype=dtype)
+def _(S, values, indices, row_offsets, group_ends, num_latents, dtype, transposed=False):
+    shape = (S.shape[2], num_latents) if transposed else (num_latents, S.shape[2])
+    return S.new_empty(shape, dtype=dtype), S.new_empty(num_latents, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -115,18 +122,35 @@ def _encode_backward(ctx, grad_values, _gi, _gr):
         # dx_n = sum_f g_nf W_enc[:, f]: a sparse decode against W_enc^T.
         dx = _ops.nested_decode(g, indices, row_offsets, W_enc.t().contiguous(), None, [f])[0]
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-        dWt, db = _ops.latent_grad(x.unsqueeze(0), g, indices, row_offsets, [f], f, W_enc.dtype)
-        dW = dWt.t()
+        # written as [d_in, F] by the kernel: W_enc's own layout, so autograd keeps it without a transposing copy
+        dW, db = _ops.latent_grad(x.unsqueeze(0), g, indices, row_offsets, [f], f, W_enc.dtype, True)
     return dx, dW, db, None, None
 
 
 torch.library.register_autograd(f"{_LIB}::encode", _encode_backward, setup_context=_encode_setup)
 
 
-# The AuxK entries' encoder gradient goes through dense [N, n_dead] GEMMs when aux_k * this >= n_dead (at 1/8
-# density and above, two GEMMs over the dead columns beat N * aux_k row gathers), through the sparse kernels
-# otherwise. Either way only the dead columns are touched: nothing of size N x F.
-AUX_DENSE_RATIO = 8
+# AuxK (decode, its gradients, the encoder gradient) runs as dense GEMMs over the dead columns ([N, n_dead]) when
+# aux_k * this >= n_dead, through the sparse kernels otherwise; either way nothing of size N x F. A GEMM
+# multiply-add costs far less than a gathered one: measured on 2-core CPU, N=4096 d=640 aux_k=320, the AuxK part
+# of a step took 349 ms dense vs 873 ms sparse at 819 dead latents (density 1/2.6) and 1052 vs 1269 ms at 3277
+# (1/10); the sparse form wins only when the dead latents are many times aux_k.
+AUX_DENSE_RATIO = 16
+
+
+def index_add_2d(dst: torch.Tensor, dim: int, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """dst.index_add_(dim, index, src) for a contiguous 2-D dst, through one flat 1-D index_add_.
+
+    ATen's 2-D index_add_ walks the index one slice at a time (tens of ms for 800 rows of [8192, 640] on CPU);
+    over flat element ids it is one vectorised scatter. Returns dst.
+    """
+    rows, cols = dst.shape
+    if dim == 0:
+        flat = (index.unsqueeze(1) * cols + torch.arange(cols, device=dst.device)).reshape(-1)
+    else:
+        flat = (torch.arange(rows, device=dst.device).unsqueeze(1) * cols + index.unsqueeze(0)).reshape(-1)
+    dst.view(-1).index_add_(0, flat, src.reshape(-1).to(dst.dtype))
+    return dst
 
 
 def dead_positions(dead: torch.Tensor, indices: torch.Tensor, num_latents: int) -> torch.Tensor:
@@ -134,6 +158,25 @@ def dead_positions(dead: torch.Tensor, indices: torch.Tensor, num_latents: int) 
     table = torch.zeros(num_latents, dtype=torch.int64, device=dead.device)
     table[dead] = torch.arange(dead.numel(), device=dead.device)
     return table[indices]
+
+
+def _concat_rows(
+    v1: torch.Tensor, i1: torch.Tensor, r1: torch.Tensor, v2: torch.Tensor, i2: torch.Tensor, k2: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row-wise concatenation of a CSR (v1, i1, r1) and a CSR with k2 entries in every row: (values, indices,
+    row_offsets), each row holding its entries of the first, then of the second (ids not ascending across the two;
+    the reductions that take it do not need them to be)."""
+    n = r1.numel() - 1
+    counts1 = r1[1:] - r1[:-1]
+    r = torch.zeros_like(r1)
+    torch.cumsum(counts1 + k2, 0, out=r[1:])
+    shift = (r[:-1] - r1[:-1]).repeat_interleave(counts1, output_size=v1.numel())
+    pos1 = torch.arange(v1.numel(), device=v1.device) + shift
+    pos2 = ((r[:-1] + counts1).unsqueeze(1) + torch.arange(k2, device=v1.device)).reshape(-1)
+    total = v1.numel() + n * k2
+    v = v1.new_empty(total).index_put_((pos1,), v1).index_put_((pos2,), v2)
+    i = i1.new_empty(total).index_put_((pos1,), i1).index_put_((pos2,), i2)
+    return v, i, r
 
 
 def _encode_aux_setup(ctx, inputs, output):
@@ -151,36 +194,34 @@ def _encode_aux_backward(ctx, grad_values, _gi, _gr, grad_aux, _gai, _gar):
     g = grad_values * (values > 0)
     ga = grad_aux * (aux_values > 0)
     dense = kk * AUX_DENSE_RATIO >= n_dead
-    parts = [(g, indices, row_offsets)] if dense else [(g, indices, row_offsets), (ga, aux_indices, aux_row_offsets)]
-    dx = dWt = db = None
+    # sparse AuxK: both selections as one CSR (per row the main entries, then the AuxK ones), so one kernel pass
+    # writes one [d_in, F] gradient instead of two that are then added
+    part = (g, indices, row_offsets) if dense else _concat_rows(g, indices, row_offsets, ga, aux_indices, kk)
+    dx = dW = db = None
     if want_x:
-        Wt = W_enc.t().contiguous()
-        dx = sum(_ops.nested_decode(gi, i, r, Wt, None, [f])[0] for gi, i, r in parts)
+        dx = _ops.nested_decode(*part, W_enc.t().contiguous(), None, [f])[0]
     if want_w:
-        grads = [_ops.latent_grad(x.unsqueeze(0), gi, i, r, [f], f, W_enc.dtype) for gi, i, r in parts]
-        dWt, db = grads[0]
-        if len(grads) > 1:
-            dWt, db = dWt + grads[1][0], db + grads[1][1]
+        # [d_in, F]: W_enc's own layout (no transposing copy in autograd)
+        dW, db = _ops.latent_grad(x.unsqueeze(0), *part, [f], f, W_enc.dtype, True)
     if dense:
         # dL/dpre over the dead columns only, [N, n_dead]; its two GEMMs against the dead columns of W_enc and x.
         cols = dead_positions(dead, aux_indices, f).view(n, kk)
         G = ga.new_zeros(n, n_dead).scatter_(1, cols, ga.view(n, kk).to(ga.dtype))
         if want_x:
-            dx = dx.addmm_(G, W_enc[:, dead].t())
+            dx = dx.addmm_(G, W_enc.index_select(1, dead).t())
         if want_w:
-            dWt.index_add_(0, dead, G.t() @ x)
+            index_add_2d(dW, 1, dead, x.t() @ G)
             db.index_add_(0, dead, G.sum(0, dtype=acc_dtype(G.dtype)).to(db.dtype))
-    dW = dWt.t() if dWt is not None else None
     return dx, dW, db, None, None, None, None
 
 
 torch.library.register_autograd(f"{_LIB}::encode_aux", _encode_aux_backward, setup_context=_encode_aux_setup)
 
 
-def _decoder_grads(ctx, S, values, indices, row_offsets, W):
-    """Gradients of (values, W, bias) from suffix sums S [m, N, d]."""
-    gv = gW = gb = None
-    if ctx.needs_input_grad[0]:
+def _decoder_grads(ctx, S, values, indices, row_offsets, W, gv=None):
+    """Gradients of (values, W, bias) from suffix sums S [m, N, d] (gv: the values' gradient when already known)."""
+    gW = gb = None
+    if ctx.needs_input_grad[0] and gv is None:
         gv = _ops.grouped_dot(S, indices, row_offsets, W, ctx.group_ends)
     if ctx.needs_input_grad[3]:
         gW, _ = _ops.latent_grad(S, values, indices, row_offsets, ctx.group_ends, W.shape[0], W.dtype)
@@ -213,8 +254,12 @@ def _mse_setup(ctx, inputs, output):
 
 def _mse_backward(ctx, grad_loss):
     values, indices, row_offsets, W, bias, target = ctx.saved_tensors
-    S = _ops.nested_mse_backward(grad_loss, values, indices, row_offsets, W, bias, target, ctx.group_ends)
-    gv, gW, gb = _decoder_grads(ctx, S, values, indices, row_offsets, W)
+    args = (grad_loss, values, indices, row_offsets, W, bias, target, ctx.group_ends)
+    if ctx.needs_input_grad[0]:  # S and the values' gradient in one pass (the CPU kernel reuses the cached rows)
+        S, gv = _ops.nested_mse_backward_dot(*args)
+    else:
+        S, gv = _ops.nested_mse_backward(*args), None
+    gv, gW, gb = _decoder_grads(ctx, S, values, indices, row_offsets, W, gv)
     gy = (-S[0]).to(target.dtype) if ctx.needs_input_grad[5] else None
     return gv, None, None, gW, gb, gy, None
 

@@ -142,9 +142,13 @@ Tensor nested_mse(const Tensor& values, const Tensor& indices, const Tensor& row
   return loss;
 }
 
-Tensor nested_mse_backward(const Tensor& grad_loss, const Tensor& values, const Tensor& indices,
-                           const Tensor& row_offsets, const Tensor& W, const Tensor& bias, const Tensor& target,
-                           IntArrayRef group_ends) {
+// S [m, N, d] (suffix sums of dL/dr_g, see nested_mse_backward) and, when with_dots, grouped_dot's grad_values
+// [nnz] computed in the same row pass: each entry's W row was gathered for the row's decode moments before and is
+// still in cache, so the dots cost no second gather pass over W. Same lane_dot on the same S values as
+// grouped_dot, so both routes give the same bits.
+std::tuple<Tensor, Tensor> mse_backward(const Tensor& grad_loss, const Tensor& values, const Tensor& indices,
+                                        const Tensor& row_offsets, const Tensor& W, const Tensor& bias,
+                                        const Tensor& target, IntArrayRef group_ends, bool with_dots) {
   check_mse_args(values, indices, row_offsets, W, bias, target, group_ends);
   Rows R = prepare(values, indices, row_offsets, W, group_ends);
   const int64_t m = R.ends.size(), n = R.n, d = R.d;
@@ -153,18 +157,21 @@ Tensor nested_mse_backward(const Tensor& grad_loss, const Tensor& values, const 
   const Tensor b = bias.contiguous(), yc = target.to(acc_type).contiguous();
   const Tensor gl = grad_loss.to(at::kCPU).to(acc_type).contiguous();
   auto S = at::empty({m, n, d}, W.options().dtype(acc_type));
+  Tensor dots = with_dots ? at::empty({R.indices.numel()}, W.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, W.scalar_type(), "nested_mse_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t* ro = R.row_offsets.data_ptr<int64_t>();
+    const int64_t* ix = R.indices.data_ptr<int64_t>();
+    const scalar_t* Wp = R.W.data_ptr<scalar_t>();
     const acc_t* yp = yc.data_ptr<acc_t>();
     std::vector<acc_t> coef(m);
     for (int64_t g = 0; g < m; ++g) coef[g] = acc_t(2) * gl.data_ptr<acc_t>()[g] / acc_t(n * d);
     acc_t* Sp = S.data_ptr<acc_t>();
+    scalar_t* o = with_dots ? dots.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, n, 4, [&](int64_t r0, int64_t r1) {
       std::vector<acc_t> part(m * d), run(d);
       for (int64_t r = r0; r < r1; ++r) {
-        accumulate_groups(R.values.data_ptr<scalar_t>(), R.indices.data_ptr<int64_t>(), ro[r], ro[r + 1],
-                          R.W.data_ptr<scalar_t>(), d, R.ends, part.data());
+        accumulate_groups(R.values.data_ptr<scalar_t>(), ix, ro[r], ro[r + 1], Wp, d, R.ends, part.data());
         init_running(b.data_ptr<scalar_t>(), d, run.data());
         // Walk the prefixes from the last: S[g] = coef[g] * (r_g - y) + S[g + 1]; r_g = run minus later parts.
         for (int64_t g = 0; g < m; ++g)
@@ -177,10 +184,25 @@ Tensor nested_mse_backward(const Tensor& grad_loss, const Tensor& values, const 
             run[j] -= part[g * d + j];
           }
         }
+        if (o)
+          for (int64_t e = ro[r]; e < ro[r + 1]; ++e)
+            o[e] = static_cast<scalar_t>(lane_dot(Wp + ix[e] * d, Sp + (group_of(ix[e], R.ends) * n + r) * d, d));
       }
     });
   });
-  return S;
+  return {S, dots};
+}
+
+Tensor nested_mse_backward(const Tensor& grad_loss, const Tensor& values, const Tensor& indices,
+                           const Tensor& row_offsets, const Tensor& W, const Tensor& bias, const Tensor& target,
+                           IntArrayRef group_ends) {
+  return std::get<0>(mse_backward(grad_loss, values, indices, row_offsets, W, bias, target, group_ends, false));
+}
+
+std::tuple<Tensor, Tensor> nested_mse_backward_dot(const Tensor& grad_loss, const Tensor& values,
+                                                   const Tensor& indices, const Tensor& row_offsets, const Tensor& W,
+                                                   const Tensor& bias, const Tensor& target, IntArrayRef group_ends) {
+  return mse_backward(grad_loss, values, indices, row_offsets, W, bias, target, group_ends, true);
 }
 
 Tensor grouped_dot(const Tensor& S_in, const Tensor& indices_in, const Tensor& row_offsets_in, const Tensor& W_in,
@@ -222,4 +244,5 @@ TORCH_LIBRARY_IMPL(matryoshka_ext, CPU, m) {
   m.impl("nested_mse", &mx::cpu::nested_mse);
   m.impl("nested_mse_backward", &mx::cpu::nested_mse_backward);
   m.impl("grouped_dot", &mx::cpu::grouped_dot);
+  m.impl("nested_mse_backward_dot", &mx::cpu::nested_mse_backward_dot);
 }

@@ -17,8 +17,8 @@ namespace {
 
 template <typename T, typename S_t>
 void reduce_latents(const T* v, const int64_t* ix, const int64_t* ro, const S_t* S, const std::vector<int64_t>& ends,
-                    int64_t n, int64_t nnz, int64_t num_latents, int64_t d, at::opmath_type<T>* grad,
-                    at::opmath_type<T>* sums) {
+                    int64_t n, int64_t nnz, int64_t num_latents, int64_t d, bool transposed,
+                    at::opmath_type<T>* grad, at::opmath_type<T>* sums) {
   using acc_t = at::opmath_type<T>;
   std::vector<int64_t> start(num_latents + 1, 0), order(nnz), row(nnz);
   for (int64_t r = 0; r < n; ++r)
@@ -29,9 +29,13 @@ void reduce_latents(const T* v, const int64_t* ix, const int64_t* ro, const S_t*
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
     for (int64_t e = 0; e < nnz; ++e) order[fill[ix[e]]++] = e;
   }
-  at::parallel_for(0, num_latents, 16, [&](int64_t f0, int64_t f1) {
+  // transposed: grad is [d, F] (the encoder weight's own layout). Latents are reduced in tiles of kTile rows,
+  // then written column-wise, kTile consecutive floats (a cache line) per output row.
+  constexpr int64_t kTile = 16;
+  at::parallel_for(0, num_latents, kTile, [&](int64_t f0, int64_t f1) {
+    std::vector<acc_t> tile(transposed ? kTile * d : 0);
     for (int64_t f = f0; f < f1; ++f) {
-      acc_t* out = grad + f * d;
+      acc_t* out = transposed ? tile.data() + ((f - f0) % kTile) * d : grad + f * d;
       std::fill(out, out + d, acc_t(0));
       acc_t total = 0;
       const int64_t g = group_of(f, ends);
@@ -44,6 +48,12 @@ void reduce_latents(const T* v, const int64_t* ix, const int64_t* ro, const S_t*
         for (int64_t j = 0; j < d; ++j) out[j] += a * static_cast<acc_t>(s[j]);
       }
       sums[f] = total;
+      const int64_t t0 = f - (f - f0) % kTile;  // first latent of this tile
+      if (transposed && (f + 1 == f1 || f + 1 - t0 == kTile)) {
+        const int64_t rows = f + 1 - t0;
+        for (int64_t j = 0; j < d; ++j)
+          for (int64_t q = 0; q < rows; ++q) grad[j * num_latents + t0 + q] = tile[q * d + j];
+      }
     }
   });
 }
@@ -52,7 +62,7 @@ void reduce_latents(const T* v, const int64_t* ix, const int64_t* ro, const S_t*
 
 std::tuple<Tensor, Tensor> latent_grad(const Tensor& S_in, const Tensor& values_in, const Tensor& indices_in,
                                        const Tensor& row_offsets_in, IntArrayRef group_ends, int64_t num_latents,
-                                       at::ScalarType dtype) {
+                                       at::ScalarType dtype, bool transposed) {
   check_latent_grad_args(S_in, values_in, indices_in, row_offsets_in, group_ends, num_latents);
   check_float_dtype(dtype, "dtype");
   const Tensor values = values_in.contiguous(), indices = indices_in.contiguous();
@@ -63,7 +73,8 @@ std::tuple<Tensor, Tensor> latent_grad(const Tensor& S_in, const Tensor& values_
   const Tensor S = (S_in.scalar_type() == values.scalar_type() ? S_in : S_in.to(acc_type)).contiguous();
   const std::vector<int64_t> ends(group_ends.begin(), group_ends.end());
   const int64_t n = row_offsets.numel() - 1, d = S.size(2), nnz = values.numel();
-  auto grad = at::empty({num_latents, d}, values.options().dtype(acc_type));
+  auto grad = transposed ? at::empty({d, num_latents}, values.options().dtype(acc_type))
+                         : at::empty({num_latents, d}, values.options().dtype(acc_type));
   auto sums = at::empty({num_latents}, values.options().dtype(acc_type));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "latent_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -71,10 +82,10 @@ std::tuple<Tensor, Tensor> latent_grad(const Tensor& S_in, const Tensor& values_
     const auto* ix = indices.data_ptr<int64_t>();
     const auto* ro = row_offsets.data_ptr<int64_t>();
     if (S.scalar_type() == values.scalar_type())
-      reduce_latents(v, ix, ro, S.data_ptr<scalar_t>(), ends, n, nnz, num_latents, d, grad.data_ptr<acc_t>(),
+      reduce_latents(v, ix, ro, S.data_ptr<scalar_t>(), ends, n, nnz, num_latents, d, transposed, grad.data_ptr<acc_t>(),
                      sums.data_ptr<acc_t>());
     else
-      reduce_latents(v, ix, ro, S.data_ptr<acc_t>(), ends, n, nnz, num_latents, d, grad.data_ptr<acc_t>(),
+      reduce_latents(v, ix, ro, S.data_ptr<acc_t>(), ends, n, nnz, num_latents, d, transposed, grad.data_ptr<acc_t>(),
                      sums.data_ptr<acc_t>());
   });
   return {grad.to(dtype), sums.to(dtype)};

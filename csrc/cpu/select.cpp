@@ -32,8 +32,49 @@ inline T relu_value(T v) {
 // Per row of pre [n, ld], the top k over the columns col(0..f-1) (ascending), reported by column id: the plain
 // TopK with col(j) = j, or AuxK's selection over the dead columns only (col = a column list), which reads those
 // columns of the encoder's pre-activations in place instead of gathering them into a copy.
+// The same selection by threshold, for large k/f (AuxK: aux_k ~ d/2 of a few hundred dead columns), where the
+// heap would take most entries through O(log k) updates: per row, the k-th largest key by nth_element over a
+// copy of the row's keys, then one ascending scan keeps the keys above it and the first ties at it.
+template <typename T, typename Col>
+void topk_rows_threshold(const T* pre, int64_t n, int64_t ld, int64_t f, int64_t k, Col col, T* values,
+                         int64_t* indices) {
+  using K = key_type_t<T>;
+  at::parallel_for(0, n, 16, [&](int64_t r0, int64_t r1) {
+    std::vector<K> keys(f), scratch(f);
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* row = pre + r * ld;
+      for (int64_t j = 0; j < f; ++j) keys[j] = relu_key(row[col(j)]);
+      std::copy(keys.begin(), keys.end(), scratch.begin());
+      // k-th largest = element f - k of the ascending order
+      std::nth_element(scratch.begin(), scratch.begin() + (f - k), scratch.end());
+      const K t = scratch[f - k];
+      int64_t above = 0;
+      for (int64_t j = f - k + 1; j < f; ++j) above += scratch[j] > t;
+      int64_t ties = k - above;  // entries equal to t to keep, lowest index first
+      int64_t* out_i = indices + r * k;
+      T* out_v = values + r * k;
+      int64_t o = 0;
+      for (int64_t j = 0; j < f && o < k; ++j) {
+        const K key = keys[j];
+        if (key > t || (key == t && ties > 0)) {
+          if (key == t) --ties;
+          const int64_t c = col(j);
+          out_i[o] = c;
+          out_v[o] = relu_value(row[c]);
+          ++o;
+        }
+      }
+    }
+  });
+}
+
+// The heap pays O(log k) per entry that beats the current k-th best; past this share of k in f, the threshold
+// path (two linear passes and nth_element) is faster.
+constexpr int64_t kThresholdRatio = 16;
+
 template <typename T, typename Col>
 void topk_rows(const T* pre, int64_t n, int64_t ld, int64_t f, int64_t k, Col col, T* values, int64_t* indices) {
+  if (k * kThresholdRatio >= f) return topk_rows_threshold(pre, n, ld, f, k, col, values, indices);
   using K = key_type_t<T>;
   struct Item {
     K key;

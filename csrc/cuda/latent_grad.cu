@@ -138,7 +138,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 
 std::tuple<Tensor, Tensor> latent_grad(const Tensor& S_in, const Tensor& values_in, const Tensor& indices_in,
                                        const Tensor& row_offsets_in, IntArrayRef group_ends, int64_t num_latents,
-                                       at::ScalarType dtype) {
+                                       at::ScalarType dtype, bool transposed) {
   check_latent_grad_args(S_in, values_in, indices_in, row_offsets_in, group_ends, num_latents);
   c10::cuda::CUDAGuard guard(values_in.device());
   const Tensor values = values_in.contiguous(), indices = indices_in.contiguous();
@@ -223,6 +223,8 @@ std::tuple<Tensor, Tensor> latent_grad(const Tensor& S_in, const Tensor& values_
         launch(A{}, A{});
     }
   });
+  // transposed ([d, F], the encoder weight's layout): one device transpose, cheap next to the reduction.
+  if (transposed) grad = grad.t().contiguous();
   if (!direct) return {grad.to(dtype), sums.to(dtype)};
   return {grad, sums};
 }

@@ -147,20 +147,25 @@ class MatryoshkaTranscoder(nn.Module):
 
         with torch.no_grad():
             det = acts.detach()
-            recon_s = ops.nested_decode(det, W_dec, b_dec, [cfg.dict_size])[0].to(acc)
-            if skip is not None:
-                recon_s = recon_s + skip.detach().to(acc)
             yf = ys.to(acc)
             var = (yf - yf.mean(0)).pow(2).mean()
             fvu = mse.detach() / var.clamp_min(torch.finfo(torch.float32).tiny)
             positive = det.values > 0
-            l0 = positive.sum().float() / max(x.shape[0], 1)
-            fired = det.indices[positive]
-            prefix_l0 = torch.stack([(fired < e).sum() for e in ends]).float() / max(x.shape[0], 1)
+            n_rows = max(x.shape[0], 1)
+            l0 = positive.sum().float() / n_rows
+            prefix_l0 = self._prefix_counts(det.indices, positive).float() / n_rows
             num_dead = dead.sum()
 
+        def full_recon() -> torch.Tensor:
+            """[N, d_out] full-prefix reconstruction in scaled units (acc dtype, skip term included), detached."""
+            with torch.no_grad():
+                r = ops.nested_decode(det, W_dec, b_dec, [cfg.dict_size])[0].to(acc)
+                return r if skip is None else r + skip.detach().to(acc)
+
         aux = torch.zeros((), device=x.device, dtype=acc)
+        recon_s = None  # decoded only when AuxK needs it or a caller reads out.recon
         if aux_plan is not None:
+            recon_s = full_recon()
             residual = (yf - recon_s).to(dt)  # detached: AuxK only moves dead latents (skip term included)
             aux = cfg.aux_penalty * auxk.aux_mse(aux_acts, W_dec, aux_plan.dead, residual)
             loss = loss + aux
@@ -174,10 +179,25 @@ class MatryoshkaTranscoder(nn.Module):
             aux_loss=aux,
             l0=l0,
             prefix_l0=prefix_l0,
-            recon=recon_s / self.y_scale.to(acc),
+            recon_fn=lambda: (full_recon() if recon_s is None else recon_s) / self.y_scale.to(acc),
             acts=det,
             num_dead=num_dead,
         )
+
+    def _prefix_counts(self, indices: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+        """[m] int64: how many of the positive entries fall in each prefix (latent id < group end), in one pass."""
+        ends = self._ends_tensor(indices.device)
+        m = len(self.group_ends)
+        # group of each entry's latent; entries holding 0 go to an extra bin m (no weights: deterministic on CUDA)
+        group = torch.searchsorted(ends, indices.masked_fill(~positive, ends[-1]), right=True)
+        return torch.bincount(group, minlength=m + 1)[:m].cumsum(0)
+
+    def _ends_tensor(self, device: torch.device) -> torch.Tensor:
+        cached = getattr(self, "_ends_cache", None)
+        if cached is None or cached.device != device:
+            cached = torch.tensor(self.group_ends, dtype=torch.int64, device=device)
+            self._ends_cache = cached
+        return cached
 
     @torch.no_grad()
     def update_stats(self, acts: SparseActs, n_tokens: int, sync: Any = None) -> None:
@@ -189,8 +209,11 @@ class MatryoshkaTranscoder(nn.Module):
         the update one process would make on the whole batch."""
         vals = acts.values.float()
         positive = vals > 0
-        fired = torch.zeros_like(self.tokens_since_fired, dtype=torch.bool)
-        fired[acts.indices[positive]] = True
+        F = self.tokens_since_fired.numel()
+        # entries holding 0 write into an extra slot F; repeated ids all write True, so the result is deterministic
+        fired = torch.zeros(F + 1, dtype=torch.bool, device=vals.device)
+        fired[acts.indices.masked_fill(~positive, F)] = True
+        fired = fired[:F]
         inf = torch.full_like(vals, float("inf"))
         batch_min = torch.where(positive, vals, inf).min() if vals.numel() else inf.new_tensor(float("inf"))
         if sync is not None:
@@ -213,8 +236,13 @@ class MatryoshkaTranscoder(nn.Module):
         if g is None:
             return
         W = self.W_dec.to(acc_dtype(self.W_dec.dtype))
-        coef = (g.to(W.dtype) * W).sum(1, keepdim=True) / W.pow(2).sum(1, keepdim=True).clamp_min(1e-12)
-        g.sub_((coef * W).to(g.dtype))
+        # row-wise dot products without [F, d] temporaries (the rows are unit norm, but divide to stay exact)
+        sq_norm = torch.linalg.vector_norm(W, dim=1).square().clamp_min(1e-12)
+        coef = torch.linalg.vecdot(g.to(W.dtype), W, dim=1) / sq_norm
+        if g.dtype == W.dtype:
+            g.addcmul_(coef.unsqueeze(1), W, value=-1)
+        else:
+            g.sub_((coef.unsqueeze(1) * W).to(g.dtype))
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

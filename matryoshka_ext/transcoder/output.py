@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,7 +20,8 @@ class TranscoderOutput:
     aux_loss  []   fp32   aux_penalty * AuxK MSE (differentiable; 0 when no latent is dead)
     l0        []   fp32   mean number of positive activations per token
     prefix_l0 [m]  fp32   the same, counting only latents of prefix i
-    recon     [N, d_out]  full-prefix reconstruction (skip term included) in the caller's (raw) units (detached)
+    recon     [N, d_out]  full-prefix reconstruction (skip term included) in the caller's (raw) units (detached);
+                          decoded on first access unless AuxK already needed it (the step itself does not)
     acts      SparseActs  selected activations (detached, scaled units)
     num_dead  []   int64  latents dead before this step
     """
@@ -30,6 +32,13 @@ class TranscoderOutput:
     aux_loss: torch.Tensor
     l0: torch.Tensor
     prefix_l0: torch.Tensor
-    recon: torch.Tensor
+    recon_fn: Callable[[], torch.Tensor] = field(repr=False)
     acts: SparseActs
     num_dead: torch.Tensor
+    _recon: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    @property
+    def recon(self) -> torch.Tensor:
+        if self._recon is None:
+            self._recon = self.recon_fn()
+        return self._recon

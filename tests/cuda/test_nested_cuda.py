@@ -158,6 +158,11 @@ def test_backward_helpers_direct(seed, dtype):
             tol_dtype = dtype if out in (dtype, acc) else torch.float16
             close(g1, g2, tol_dtype, f"latent_grad S={S_dtype} out={out}")
             close(s1, s2, tol_dtype, f"value_sums S={S_dtype} out={out}")
+    # transposed=True (the encoder backward's [d, F] layout): contiguous, the same as the CPU kernel's
+    gt1, _ = ops.latent_grad(cu(S), cu(v), cu(i), cu(r), ends, F, acc, True)
+    gt2, _ = ops.latent_grad(S, v, i, r, ends, F, acc, True)
+    assert gt1.shape == (d, F) and gt1.is_contiguous()
+    close(gt1, gt2, dtype, "latent_grad transposed")
     b, y = torch.randn(d).to(dtype), torch.randn(N, d).to(dtype)
     gl = torch.rand(len(ends), dtype=acc)
     close(

@@ -63,8 +63,11 @@ def _opcheck_samples():
     yield "nested_mse", (v, i, r, Wd, bd, y, p.ends)
     yield "nested_mse_backward", (torch.rand(len(p.ends)), v.detach(), i, r, Wd.detach(), bd.detach(),
                                   y.detach(), p.ends)
+    yield "nested_mse_backward_dot", (torch.rand(len(p.ends)), v.detach(), i, r, Wd.detach(), bd.detach(),
+                                      y.detach(), p.ends)
     yield "grouped_dot", (S, i, r, Wd.detach(), p.ends)
     yield "latent_grad", (S, v.detach(), i, r, p.ends, 23, torch.float32)
+    yield "latent_grad", (S, v.detach(), i, r, p.ends, 23, torch.float32, True)
 
 
 @pytest.mark.parametrize("name,args", list(_opcheck_samples()), ids=lambda a: a if isinstance(a, str) else "")

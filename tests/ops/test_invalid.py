@@ -60,6 +60,10 @@ CASES = [
                              [10], 10, torch.float32), ValueError, "indices must lie"),
     (lambda: ops.grouped_dot(torch.randn(2, 2, 6), torch.tensor([0, 1]), torch.tensor([0, 1, 2]), W, [10]),
      ValueError, "S must have shape"),
+    (lambda: ops.nested_mse_backward_dot(torch.ones(1), torch.ones(2), torch.tensor([0, 1]), torch.tensor([0, 1, 2]),
+                                         W, b, torch.randn(3, 6), [10]), ValueError, "target must have shape"),
+    (lambda: ops.latent_grad(torch.randn(1, 2, 6), torch.ones(2), torch.tensor([0, 1]), torch.tensor([0, 1, 2]),
+                             [10], 10, torch.int64, True), TypeError, "dtype"),
     (lambda: mx.SparseActs(torch.ones(2), torch.tensor([0, 10]), torch.tensor([0, 1, 2]), 10).validate(),
      ValueError, "acts.indices out of range"),
 ]

@@ -89,3 +89,42 @@ def test_b_dec_none_and_target_grad(seed):
     acts = mx.encode(p.x, p.W_enc, p.b_enc, p.k, "row")
     out = mx.nested_decode(acts, p.W_dec, None, p.ends)
     torch.testing.assert_close(out, ref.nested_decode(acts, p.W_dec, None, p.ends))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_latent_grad_transposed_is_the_same_reduction(seed, dtype, threads):
+    # transposed=True writes [d, F] (W_enc's layout) in tiles of 16 latents: F not a multiple of 16 and thread
+    # chunks that do not start on a tile boundary must give the same numbers, bit for bit, as the [F, d] result.
+    from matryoshka_ext._library import ops as raw
+
+    N, d, F = randint(3, 40), randint(1, 50), randint(1, 90)
+    k = randint(1, F)
+    pre = torch.randn(N, F, dtype=torch.float64).to(dtype)
+    acts = mx.topk(pre, k)
+    S = torch.randn(1, N, d, dtype=torch.float64).to(dtype)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g, s = raw.latent_grad(S, acts.values, acts.indices, acts.row_offsets, [F], F, dtype)
+        gt, st = raw.latent_grad(S, acts.values, acts.indices, acts.row_offsets, [F], F, dtype, True)
+    finally:
+        torch.set_num_threads(before)
+    assert gt.shape == (d, F) and gt.is_contiguous()
+    assert torch.equal(gt, g.t()) and torch.equal(st, s)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_mse_backward_dot_equals_the_two_ops(seed, dtype):
+    # nested_mse_backward_dot (what the autograd of nested_mse calls) must give the bits of nested_mse_backward
+    # followed by grouped_dot.
+    from matryoshka_ext._library import ops as raw
+
+    p = random_problem(dtype)
+    acts = mx.encode(p.x.detach(), p.W_enc.detach(), p.b_enc.detach(), p.k, "batch")
+    args = (torch.rand(len(p.ends)), acts.values, acts.indices, acts.row_offsets, p.W_dec.detach(),
+            p.b_dec.detach(), p.target.detach(), p.ends)
+    S, gv = raw.nested_mse_backward_dot(*args)
+    S2 = raw.nested_mse_backward(*args)
+    assert torch.equal(S, S2)
+    assert torch.equal(gv, raw.grouped_dot(S2, acts.indices, acts.row_offsets, p.W_dec.detach(), p.ends))

@@ -124,3 +124,18 @@ def test_batch_topk_large_inputs_match_reference(seed, dtype, layout):
     ours, oracle = mx.batch_topk(pre, k), ref.batch_topk(pre, k)
     assert torch.equal(ours.indices, oracle.indices) and torch.equal(ours.row_offsets, oracle.row_offsets)
     torch.testing.assert_close(ours.values, oracle.values, equal_nan=True, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_topk_heap_and_threshold_paths_agree_with_reference(seed, dtype):
+    # The CPU kernel keeps a heap while k * 16 < F and selects by threshold (nth_element) from there on: check
+    # both sides of the switch with ties at the threshold, zeros, negatives and NaN.
+    F = 64
+    pre = torch.randint(-3, 4, (23, F)).to(dtype)
+    pre[3, 5] = pre[7, 60] = float("nan")
+    for k in (1, 3, 4, 5, 17, 40, 63, 64):
+        ours, oracle = mx.topk(pre, k), ref.topk(pre, k)
+        assert torch.equal(ours.indices, oracle.indices) and torch.equal(ours.row_offsets, oracle.row_offsets)
+        torch.testing.assert_close(ours.values, oracle.values, equal_nan=True, rtol=0, atol=0)
+        x = torch.randn(23, F, dtype=torch.float64).to(dtype)
+        same_selection(mx.topk(x, k), ref.topk(x, k))

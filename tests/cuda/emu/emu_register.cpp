@@ -16,7 +16,7 @@ TORCH_LIBRARY(mx_emu, m) {
         "Tensor bias, Tensor target, int[] group_ends) -> Tensor");
   m.def("grouped_dot(Tensor S, Tensor indices, Tensor row_offsets, Tensor W, int[] group_ends) -> Tensor");
   m.def("latent_grad(Tensor S, Tensor values, Tensor indices, Tensor row_offsets, int[] group_ends, "
-        "int num_latents, ScalarType dtype) -> (Tensor grad_W, Tensor value_sums)");
+        "int num_latents, ScalarType dtype, bool transposed=False) -> (Tensor grad_W, Tensor value_sums)");
 }
 
 TORCH_LIBRARY_IMPL(mx_emu, CPU, m) {

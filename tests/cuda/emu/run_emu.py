@@ -190,6 +190,12 @@ def check_decoder(E):
                     close(s1, s2, tdt, f"value_sums S={S.dtype} out={out} " + what)
                     if S.dtype == acc and out == acc and dtype in (torch.float32, torch.float64):
                         assert torch.equal(s1, s2), "value sums must match the CPU bit for bit"
+                # transposed=True: [d, F] (the encoder weight's layout), the same values as the [F, d] result
+                gt1, _ = E.latent_grad(S2, v, i, r, ends, F, acc, True)
+                gt2, _ = cpu_ops.latent_grad(S2, v, i, r, ends, F, acc, True)
+                assert gt1.shape == (d, F) and gt1.is_contiguous() and gt2.is_contiguous()
+                close(gt1, gt2, dtype, "latent_grad transposed " + what)
+                close(gt2, cpu_ops.latent_grad(S2, v, i, r, ends, F, acc)[0].t(), dtype, "transposed vs not " + what)
         print(f"  decoder {dtype}: ok", flush=True)
 
 
