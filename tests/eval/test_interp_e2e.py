@@ -68,32 +68,38 @@ def saved(lm, tmp_path_factory):
         **{k: sd[k].numpy() for k in ("W_enc", "W_dec", "b_enc", "b_dec")},
         threshold=np.full(512, float(sd["threshold"]), dtype=np.float32),
     )
-    return ours, gs / "params.npz", root
+    from matryoshka_ext.integrations.saelens import export_saelens
+
+    sl = export_saelens(ours, root / "saelens", layer=LAYER)  # a SAELens jumprelu_transcoder folder
+    return ours, gs / "params.npz", sl, root
 
 
-def test_interp_command_on_two_formats(lm, saved, monkeypatch):
+def test_interp_command_on_three_formats(lm, saved, monkeypatch):
     from matryoshka_ext.eval import commands
     from matryoshka_ext.eval.interp_command import add_interp_arguments, interp_command
 
-    ours, gs, root = saved
+    ours, gs, sl, root = saved
     monkeypatch.setattr(commands, "_lm", lambda args, tcs: (lm, "gemma-3-270m-offline"))
     out = root / "out"
     p = argparse.ArgumentParser()
     add_interp_arguments(p)
     args = p.parse_args(
-        [str(ours), str(gs), "--names", "ours,gemmascope", "--layer", str(LAYER), "--context-size", "64",
-         "--n-tokens", "2048", "--words-per-letter", "60", "--no-progress", "--out", str(out)]
+        [str(ours), str(gs), str(sl), "--names", "ours,gemmascope,saelens", "--layer", str(LAYER),
+         "--context-size", "64", "--n-tokens", "2048", "--words-per-letter", "60", "--no-progress", "--out", str(out)]
     )  # fmt: skip
     assert interp_command(args) == 0
     rep = json.load(open(out / "interp.json"))
-    a, b = rep["transcoders"]
-    assert a["prefix_ends"] == [64, 256, 512] and b["prefix_ends"] == [512]
+    a, b, c = rep["transcoders"]
+    assert a["prefix_ends"] == [64, 256, 512] and b["prefix_ends"] == [512] and c["prefix_ends"] == [512]
     assert len(a["absorption"]["prefixes"]) == 3 and len(b["absorption"]["prefixes"]) == 1
     # the same weights and threshold: the full prefix of ours and the flat Gemma Scope copy measure the same
     pa, pb = a["absorption"]["prefixes"][-1], b["absorption"]["prefixes"][0]
     assert pa["letters_scored"] == pb["letters_scored"] > 10
     assert abs(pa["absorption_rate"] - pb["absorption_rate"]) < 1e-3
     assert abs(pa["false_negative_rate"] - pb["false_negative_rate"]) < 1e-3
+    pc = c["absorption"]["prefixes"][0]  # the SAELens folder: the same weights once more
+    assert pc["letters_scored"] == pb["letters_scored"]
+    assert abs(pc["absorption_rate"] - pb["absorption_rate"]) < 1e-3
     for r in rep["transcoders"]:
         assert os.path.getsize(r["browser"]) > 10_000 and r["n_tokens"] >= 2048
         assert {"absorption_s", "scan_s", "hierarchy_s", "pages_s"} <= set(r["timing"])
@@ -101,3 +107,4 @@ def test_interp_command_on_two_formats(lm, saved, monkeypatch):
     assert a["hierarchy"]["groups"][1]["with_parent"] > 0
     md = (out / "interp.md").read_text()
     assert "| ours | 3 | 512 |" in md and "| gemmascope | 1 | 512 |" in md
+    assert "| saelens | 1 | 512 |" in md
