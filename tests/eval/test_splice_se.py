@@ -11,12 +11,12 @@ import math
 
 import pytest
 import torch
+from test_eval_splice import _sparse_tc  # the same random sparse transcoder (tests/eval is on sys.path)
 
 from matryoshka_ext.data.models import tiny_model
 from matryoshka_ext.data.sites import gemma_sites
 from matryoshka_ext.eval.evaluate import EvalConfig, evaluate
 from matryoshka_ext.eval.splice import SpliceStats, _hooks, scored_positions
-from matryoshka_ext.loaders.base import SparseTranscoder
 
 BOS, LAYER = 2, 1
 
@@ -80,21 +80,6 @@ def model():
     return tiny_model(n_layers=2)
 
 
-def _tc(seed: int, d: int):
-    g = torch.Generator().manual_seed(seed)
-    F = 96
-    return SparseTranscoder(
-        torch.randn(d, F, generator=g) / 6,
-        torch.zeros(F),
-        torch.randn(F, d, generator=g) / 8,
-        torch.zeros(d),
-        activation="topk",
-        k=8,
-        prefix_ends=[32, 64, 96],
-        name="rand",
-    )
-
-
 def test_evaluate_reports_paired_se_of_delta_ce_and_steps(model, seed, tmp_path):
     from matryoshka_ext.eval.report import write_eval
 
@@ -103,7 +88,7 @@ def test_evaluate_reports_paired_se_of_delta_ce_and_steps(model, seed, tmp_path)
     tokens = torch.randint(3, 512, (7, 20), generator=g)
     tokens[:, 0] = BOS
     tokens[2, 11] = BOS
-    tc = _tc(seed, model.cfg.d_model)
+    tc = _sparse_tc(seed, model.cfg.d_model)
     cfg = EvalConfig(n_tokens=50, splice_tokens=10_000, splice_batch_contexts=3)  # batches of 3, 3, 1 contexts
     res = evaluate([tc], model, sites, tokens, cfg, exclude_token_ids=[BOS])
     # independent per-row CEs: full forwards (no restart at block L), float64 log-softmax
