@@ -182,8 +182,13 @@ def end_launched_rank() -> None:
     without an active exception" (SIGABRT) after finishing (seen in about 1 in 7 runs under CPU load; core dump:
     ProcessGroupGloo::runLoop -> ~AsyncBarrierWork -> TensorImpl::decref_pyobject -> PyThread_exit_thread).
     No-op in a single process."""
-    if not launched_distributed():
-        return
+    if launched_distributed():
+        exit_rank()
+
+
+def exit_rank() -> None:
+    """Flush and end this rank's process with status 0, skipping interpreter finalization (see
+    end_launched_rank; also for ranks started by torch.multiprocessing.spawn, which sets no WORLD_SIZE)."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 from matryoshka_ext import cli
 from matryoshka_ext.config import TrainConfig, TranscoderConfig
 from matryoshka_ext.training.checkpoint import checkpoint_dirs, load_checkpoint
-from matryoshka_ext.training.distributed import DistContext, split_layers
+from matryoshka_ext.training.distributed import DistContext, exit_rank, split_layers
 from matryoshka_ext.training.pipeline import regrid_buffer_state
 from matryoshka_ext.training.sources import SyntheticActivations
 from matryoshka_ext.training.trainer import Trainer
@@ -84,6 +84,7 @@ def _worker(rank: int, world: int, init_file: str, tmp: str, selection: str) -> 
         torch.save(out, os.path.join(tmp, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+    exit_rank()  # success: leave before finalization can race gloo's last work object (see end_launched_rank)
 
 
 def _spawn(tmp_path, selection: str) -> list[dict[str, torch.Tensor]]:

@@ -15,6 +15,7 @@ from matryoshka_ext import cli
 from matryoshka_ext.config import TrainConfig, TranscoderConfig
 from matryoshka_ext.training import pipeline
 from matryoshka_ext.training.checkpoint import checkpoint_dirs, load_checkpoint
+from matryoshka_ext.training.distributed import exit_rank
 from matryoshka_ext.training.multi import layer_dir, read_multi_layers, run_multi_training
 from matryoshka_ext.training.sources import SyntheticActivations
 from matryoshka_ext.training.trainer import Trainer
@@ -169,6 +170,7 @@ def _worker(rank: int, world: int, init_file: str, tmp: str) -> None:
         torch.save({"spread": sorted(spread), "ddp": sorted(ddp)}, os.path.join(tmp, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+    exit_rank()  # success: leave before finalization can race gloo's last work object (see end_launched_rank)
 
 
 def test_two_ranks_spread_and_data_parallel_layers(tmp_path):
