@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 SELECTIONS = ("batch", "row")
+DECODER_NORMS = ("unit", "free")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 SCALINGS = ("unit_mean_squared_norm", "unit_rms", "none")
 WANDB_MODES = ("online", "offline", "disabled")
@@ -133,6 +134,11 @@ class TranscoderConfig(_Base):
         "'unit_rms' (E||.||^2 = width, i.e. mean squared entry 1) or 'none'",
         default="unit_mean_squared_norm",
     )
+    decoder_norm: str = _help(
+        "decoder rows while training: 'unit' (projected gradient, renormalised after every step) or 'free' "
+        "(unconstrained, as sparsify's transcoders); either way the saved rows are unit norm (benchmarks/QUALITY.md)",
+        default="unit",
+    )
     skip_connection: bool = _help(
         "affine skip path: y_hat = decode(encode(x)) + x @ W_skip for every prefix (W_skip [d_in, d_out], trained, "
         "zero-initialised; as in Gemma Scope 2 and sparsify skip transcoders)",
@@ -196,6 +202,8 @@ class TranscoderConfig(_Base):
             raise ConfigError(f"dead_tokens must be a positive integer, got {self.dead_tokens!r}")
         if not 0 <= self.threshold_momentum < 1:
             raise ConfigError(f"threshold_momentum must be in [0, 1), got {self.threshold_momentum!r}")
+        if self.decoder_norm not in DECODER_NORMS:
+            raise ConfigError(f"decoder_norm must be one of {DECODER_NORMS}, got {self.decoder_norm!r}")
         if self.init_encoder not in ("linear", "transpose"):
             raise ConfigError(f"init_encoder must be 'linear' or 'transpose', got {self.init_encoder!r}")
         if not self.init_encoder_scale > 0:
@@ -224,8 +232,10 @@ class TranscoderConfig(_Base):
 
 
 def offline_transcoder() -> TranscoderConfig:
-    """The offline default's transcoder: TranscoderConfig defaults with a dead threshold sized to a ~1M-token run."""
-    return TranscoderConfig(dead_tokens=100_000)
+    """The offline default's transcoder: TranscoderConfig defaults with a dead threshold sized to a ~1M-token run,
+    free decoder rows while training, and no AuxK (TrainConfig.revive_rate brings dead latents back; at this budget
+    AuxK changed neither FVU nor the dead fraction and cost a quarter of the step: benchmarks/QUALITY.md)."""
+    return TranscoderConfig(dead_tokens=100_000, decoder_norm="free", aux_k=0)
 
 
 @dataclass
@@ -294,8 +304,11 @@ class TrainConfig(_Base):
     # optimisation
     batch_tokens: int = _help("tokens per optimiser step", default=1024)
     total_tokens: int = _help("tokens to train on", default=1_200_000)
-    lr: float = _help("peak learning rate (offline default: benchmarks/QUALITY.md, training experiments)", default=4e-3)
-    min_lr: float = _help("final learning rate of the cosine decay", default=4e-4)
+    lr: float = _help("peak learning rate (offline default: benchmarks/QUALITY.md, training experiments)", default=8e-3)
+    min_lr: float | None = _help(
+        "final learning rate of the cosine decay; None = 0.3 * lr (offline default: QUALITY.md experiments)",
+        default=None,
+    )
     warmup_steps: int = _help("linear warmup steps", default=100)
     adam_beta1: float = _help("Adam beta1", default=0.9)
     adam_beta2: float = _help("Adam beta2", default=0.999)
@@ -312,7 +325,7 @@ class TrainConfig(_Base):
         "balancing, as DeepSeek-V3's auxiliary-loss-free balancing); 0 = off",
         default=0.4,
     )
-    density_cap_rate: float = _help("bias step of density_cap, in units of the JumpReLU threshold", default=0.05)
+    density_cap_rate: float = _help("bias step of density_cap, in units of the JumpReLU threshold", default=0.3)
     revive_rate: float = _help(
         "if > 0: every latent counted dead (not fired for transcoder.dead_tokens tokens) has its encoder bias "
         "raised by revive_rate * threshold after each step until it fires again (the other side of density_cap's "
@@ -381,8 +394,8 @@ class TrainConfig(_Base):
             )
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr!r}")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ConfigError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr!r}")
+        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"min_lr must be None or in [0, lr={self.lr}], got {self.min_lr!r}")
         for name in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
@@ -407,6 +420,11 @@ class TrainConfig(_Base):
     @property
     def total_steps(self) -> int:
         return self.total_tokens // self.batch_tokens
+
+    @property
+    def final_lr(self) -> float:
+        """The learning rate the cosine decay ends at: min_lr, or 0.3 * lr when min_lr is None."""
+        return 0.3 * self.lr if self.min_lr is None else self.min_lr
 
     def default_run_name(self) -> str:
         tc = self.transcoder

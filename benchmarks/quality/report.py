@@ -115,7 +115,9 @@ def rows_table(groups: dict[Key, list[dict[str, Any]]], budget: str, k: int) -> 
     return lines
 
 
-TRAIN_KEYS = ("lr", "min_lr", "warmup_steps", "batch_tokens", "ema_decay", "density_cap", "revive_rate")
+TRAIN_KEYS = (
+    "lr", "min_lr", "warmup_steps", "batch_tokens", "ema_decay", "density_cap", "density_cap_rate", "revive_rate"
+)  # fmt: skip
 
 
 def our_settings(groups: dict[Key, list[dict[str, Any]]], budget: str, k: int) -> list[str]:
@@ -128,7 +130,7 @@ def our_settings(groups: dict[Key, list[dict[str, Any]]], budget: str, k: int) -
             c = r["train"].get("config", {})
             tc = c.get("transcoder", {})
             desc = ", ".join(f"{key} {c[key]}" for key in TRAIN_KEYS if key in c)
-            desc += f", selection {tc.get('selection', 'batch')}"
+            desc += f", selection {tc.get('selection', 'batch')}, decoder_norm {tc.get('decoder_norm', 'unit')}"
             if desc not in [d for d, _ in seen]:
                 seen.append((desc, []))
             next(v for d, v in seen if d == desc).append(str(r["seed"]))

@@ -98,12 +98,17 @@ def load_model_of(row: Row, train: dict[str, Any], groups: list[int]) -> Any:
 
 class Results:
     """The results document: {"meta": {...}, "runs": [entry, ...]}, one entry per job, written atomically after
-    every change to ``path`` and mirrored to ``mirror``."""
+    every change to ``path`` and mirrored to ``mirror``. Several runners may share one document (e.g. one per
+    core): every write re-reads it under a lock and replaces only the entries this runner wrote."""
 
     def __init__(self, path: Path, mirror: Path | None) -> None:
         self.path, self.mirror = path, mirror
-        src = path if path.exists() else mirror if mirror is not None and mirror.exists() else None
-        self.doc: dict[str, Any] = json.loads(src.read_text()) if src is not None else {"meta": {}, "runs": []}
+        self.doc: dict[str, Any] = self._read()
+        self._mine: set[tuple] = set()
+
+    def _read(self) -> dict[str, Any]:
+        src = next((p for p in (self.path, self.mirror) if p is not None and p.exists()), None)
+        return json.loads(src.read_text()) if src is not None else {"meta": {}, "runs": []}
 
     @staticmethod
     def key(e: dict[str, Any] | Job) -> tuple:
@@ -117,10 +122,23 @@ class Results:
     def put(self, entry: dict[str, Any]) -> None:
         runs = [e for e in self.doc["runs"] if self.key(e) != self.key(entry)]
         self.doc["runs"] = runs + [entry]
+        self._mine.add(self.key(entry))
         self.write()
 
     def write(self) -> None:
-        text = json.dumps(self.doc, indent=1)
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            ours = {self.key(e): e for e in self.doc["runs"] if self.key(e) in self._mine}
+            disk = self._read()
+            disk["runs"] = [e for e in disk["runs"] if self.key(e) not in ours] + list(ours.values())
+            disk["meta"] = {**disk.get("meta", {}), **self.doc.get("meta", {})}
+            self.doc = disk
+            self._write(json.dumps(self.doc, indent=1))
+
+    def _write(self, text: str) -> None:
         for dest in (self.path, self.mirror):
             if dest is None:
                 continue
@@ -327,7 +345,7 @@ def grid_from_args(a: argparse.Namespace) -> Grid:
         conv = {"rows": str, "seeds": int, "ks": int, "budgets": str}
         kw = {n: [c(s) for s in getattr(a, n).split(",") if s] if getattr(a, n) else getattr(base, n)
               for n, c in conv.items()}  # fmt: skip
-        grid = Grid([Part(**kw)], splice_tokens=reduced_grid().splice_tokens)
+        grid = Grid([Part(**kw, splice=a.splice or base.splice)], splice_tokens=reduced_grid().splice_tokens)
     else:
         grid = reduced_grid() if a.reduced else full_grid()
     layers = [int(s) for s in a.layers.split(",") if s]
@@ -352,6 +370,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budgets", help="tokens,time")
     p.add_argument("--layers", default="12", help="e.g. 12,15 (each layer needs its caches)")
     p.add_argument("--tokens", type=int, help="training tokens (default: the package's TrainConfig default)")
+    p.add_argument("--splice", choices=("all", "last", "none"),
+                   help="with --rows/--seeds/--ks/--budgets: which prefixes are spliced (default last)")  # fmt: skip
     p.add_argument("--splice-tokens", type=int)
     p.add_argument("--heldout-tokens", type=int, help="held-out tokens scored (default: all of the cache)")
     p.add_argument("--train-cache")

@@ -172,7 +172,7 @@ class Trainer:
         self.last_checkpoint: str | None = None
         self.nonfinite_skipped = 0  # batches skipped for a NaN/Inf loss or gradient, over the whole run
         self._nonfinite_run = 0  # ... and in a row, up to now
-        # cfg.ema_decay > 0: the parameter average that finish() saves (see _ema_update / _apply_ema)
+        # cfg.ema_decay > 0: the parameter average that finish() saves (see _ema_update / _final_weights)
         self.ema: dict[str, torch.Tensor] | None = None
         # cfg.density_cap > 0: running firing rate per latent (see _cap_density)
         self.density: torch.Tensor | None = None
@@ -195,7 +195,7 @@ class Trainer:
         cfg = self.cfg
         assert self.model is not None
         self.optimizer = make_optimizer(self.model.parameters(), cfg.lr, (cfg.adam_beta1, cfg.adam_beta2))
-        self.scheduler = WarmupCosine(self.optimizer, cfg.total_steps, cfg.lr, cfg.min_lr, cfg.warmup_steps)
+        self.scheduler = WarmupCosine(self.optimizer, cfg.total_steps, cfg.lr, cfg.final_lr, cfg.warmup_steps)
 
     def setup(self) -> None:
         """Fresh start (seed, first batch -> dims, scales and b_dec) or resume from `cfg.resume`."""
@@ -339,19 +339,19 @@ class Trainer:
             self.ema[n].lerp_(p.detach().float(), 1.0 - d)
 
     @torch.no_grad()
-    def _apply_ema(self) -> None:
-        """Load the averaged parameters into the model, in the form the model's constraint wants: decoder rows
-        back to unit norm with each row's norm folded into its encoder column and bias (a_f W_dec[f] unchanged
-        for every active latent), then the JumpReLU threshold recalibrated for the averaged encoder on the
-        last training batch (the smallest positive activation the training selection keeps)."""
+    def _final_weights(self) -> None:
+        """The weights finish() saves: the parameter average (cfg.ema_decay > 0) in place of the last ones,
+        with unit decoder rows (averaged or free rows folded: ``fold_decoder_norms``), then the JumpReLU
+        threshold recalibrated for that encoder on the last training batch (the smallest positive activation the
+        training selection keeps). A unit-norm run without averaging is saved as it is."""
         model = self.model
-        assert model is not None and self.ema is not None
-        for n, p in model.named_parameters():
-            p.copy_(self.ema[n].to(p.dtype))
-        norm = model.W_dec.float().norm(dim=1).clamp_min(1e-12)
-        model.W_dec.div_(norm[:, None].to(model.W_dec.dtype))
-        model.W_enc.mul_(norm[None, :].to(model.W_enc.dtype))
-        model.b_enc.mul_(norm.to(model.b_enc.dtype))
+        assert model is not None
+        if self.ema is None and model.cfg.decoder_norm != "free":
+            return
+        if self.ema is not None:
+            for n, p in model.named_parameters():
+                p.copy_(self.ema[n].to(p.dtype))
+        model.fold_decoder_norms()
         if self._last_x is not None:
             acts = model.encode(self._last_x, mode=self.cfg.transcoder.selection)
             vals = acts.values.float()
@@ -535,8 +535,7 @@ class Trainer:
             self.save()
         transcoder_dir = os.path.join(self.run_dir, "transcoder")
         ev = None
-        if self.ema is not None:  # from here on the model holds the averaged weights (the checkpoint: the live ones)
-            self._apply_ema()
+        self._final_weights()  # from here on the model holds the saved weights (the checkpoint: the live ones)
         if self.dist.is_main:
             model.save_pretrained(transcoder_dir)
             ev = evaluate(model, self.eval_data(), self.device) if self.eval_data is not None else None

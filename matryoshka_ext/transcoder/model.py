@@ -231,9 +231,10 @@ class MatryoshkaTranscoder(nn.Module):
 
     @torch.no_grad()
     def project_decoder_grad(self) -> None:
-        """Remove the component of W_dec.grad parallel to each (unit) decoder row; call before the step."""
+        """Remove the component of W_dec.grad parallel to each (unit) decoder row; call before the step.
+        No-op when ``cfg.decoder_norm == "free"``."""
         g = self.W_dec.grad
-        if g is None:
+        if g is None or self.cfg.decoder_norm == "free":
             return
         W = self.W_dec.to(acc_dtype(self.W_dec.dtype))
         # row-wise dot products without [F, d] temporaries (the rows are unit norm, but divide to stay exact)
@@ -246,9 +247,21 @@ class MatryoshkaTranscoder(nn.Module):
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
-        """Rescale decoder rows to unit norm; call after the step."""
+        """Rescale decoder rows to unit norm; call after the step. No-op when ``cfg.decoder_norm == "free"``
+        (``fold_decoder_norms`` brings such a model to unit rows without changing its output)."""
+        if self.cfg.decoder_norm == "free":
+            return
         W = self.W_dec
         W.div_(W.to(acc_dtype(W.dtype)).norm(dim=1, keepdim=True).clamp_min(1e-12).to(W.dtype))
+
+    @torch.no_grad()
+    def fold_decoder_norms(self) -> None:
+        """Decoder rows to unit norm with each row's norm folded into its encoder column and bias: every latent's
+        contribution a_f W_dec[f] is unchanged (the JumpReLU threshold is not: recalibrate it afterwards)."""
+        norm = self.W_dec.float().norm(dim=1).clamp_min(1e-12)
+        self.W_dec.div_(norm[:, None].to(self.W_dec.dtype))
+        self.W_enc.mul_(norm[None, :].to(self.W_enc.dtype))
+        self.b_enc.mul_(norm.to(self.b_enc.dtype))
 
     # ------------------------------------------------------------------------------------------------------
     # inference

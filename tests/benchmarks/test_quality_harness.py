@@ -135,3 +135,20 @@ def test_report_renders_every_row(bench, tmp_path):
     assert "quality_test_L12_tokens_sae.png" in pngs and "quality_test_L12_tokens_transcoder.png" in pngs
     for png in pngs:
         assert f"]({png})" in text and (tmp_path / png).stat().st_size > 1000
+
+
+def test_two_runners_share_one_document(tmp_path):
+    # one runner per core on the same document: neither write drops the other's entries, and a rewrite of an
+    # entry replaces it
+    a, b = Results(tmp_path / "d.json", tmp_path / "m.json"), Results(tmp_path / "d.json", tmp_path / "m.json")
+
+    def entry(row: str, seed: int, fvu: float) -> dict:
+        return {"layer": 12, "k": 32, "seed": seed, "budget": "tokens", "row": row, "fvu": fvu}
+
+    a.put(entry("ours", 0, 0.3))
+    b.put(entry("sparsify", 0, 0.28))
+    a.put(entry("ours", 1, 0.31))
+    b.put(entry("sparsify", 0, 0.29))
+    for path in (tmp_path / "d.json", tmp_path / "m.json"):
+        runs = {(e["row"], e["seed"]): e["fvu"] for e in json.loads(path.read_text())["runs"]}
+        assert runs == {("ours", 0): 0.3, ("ours", 1): 0.31, ("sparsify", 0): 0.29}

@@ -47,3 +47,12 @@ def test_adam_is_fused_where_available():
     opt = make_optimizer([p], lr=1e-3)
     assert isinstance(opt, torch.optim.Adam)
     assert opt.param_groups[0]["fused"]  # torch offers fused Adam on CPU (>= 2.4)
+
+
+def test_final_lr_defaults_to_a_fraction_of_lr():
+    from matryoshka_ext.config import ConfigError, TrainConfig
+
+    assert TrainConfig(lr=1e-3).final_lr == pytest.approx(3e-4)  # min_lr None follows lr
+    assert TrainConfig(lr=1e-3, min_lr=1e-5).final_lr == 1e-5
+    with pytest.raises(ConfigError, match="min_lr"):
+        TrainConfig(lr=1e-3, min_lr=2e-3)
