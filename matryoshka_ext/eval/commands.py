@@ -98,6 +98,12 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("transcoder", help="transcoder path (any supported format) or hf:OWNER/REPO/FOLDER")
     add_common_arguments(p)
     _add_eval_flags(p)
+    p.add_argument(
+        "--benchmark-results",
+        default=None,
+        help="a quality-benchmark results JSON (benchmarks/quality/results/*.json): eval.md then sets this run "
+        "beside every benchmark row at the same layer and k",
+    )
 
 
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:
@@ -357,6 +363,8 @@ def _run_eval(args: argparse.Namespace, paths: list[str], names: list[str] | Non
         "context_size": args.context_size,
         "transcoders": ", ".join(paths),
     }
+    if run is not None:
+        res["meta"]["k"] = run.transcoder.k
     return res
 
 
@@ -367,7 +375,12 @@ def eval_command(args: argparse.Namespace) -> int:
 
     res = _run_eval(args, [args.transcoder], None, "eval")
     out = args.out or os.path.join("eval_out", "eval-" + _slug(res["transcoders"][0]["name"]))
-    paths = write_eval(res, out)
+    extra = ""
+    if args.benchmark_results:
+        from .benchmark_context import benchmark_section
+
+        extra = benchmark_section(res, args.benchmark_results, res["meta"].get("k"))
+    paths = write_eval(res, out, extra_md=extra)
     _print_summary(res)
     print(f"wrote {', '.join(sorted(os.path.basename(p) for p in paths.values()))} to {out}")
     return 0

@@ -178,6 +178,7 @@ class SparsityStats:
             "dense": int(dense.sum()),
             "dense_fraction": float(dense.double().mean()),
             "dense_threshold": self.dense_threshold,
+            "max_density": float(dens.max()) if self.F else 0.0,  # the densest latent's firing rate
             "groups": groups,
             "density_hist": {
                 "log10_edges": [None if math.isinf(e) else e for e in DENSITY_BINS],

@@ -116,7 +116,8 @@ def eval_markdown(result: dict[str, Any], title: str = "Transcoder evaluation") 
         lines += [
             "",
             f"L0 (all latents): mean {_fmt(sp['l0_mean'][-1])}, median {_fmt(sp['l0_median'][-1])}. "
-            f"Dead: {sp['dead']} ({sp['dead_fraction']:.1%}). Dense: {sp['dense']} ({sp['dense_fraction']:.1%}).",
+            f"Dead: {sp['dead']} ({sp['dead_fraction']:.1%}). Dense: {sp['dense']} ({sp['dense_fraction']:.1%}). "
+            f"Densest latent: {_fmt(sp.get('max_density'))} of tokens.",
             "",
             "| group | latents | dead | dense | mean density | L0 contribution |",
             "|---|---|---|---|---|---|",
@@ -280,8 +281,10 @@ def _interp_section(md_path: str) -> str:
     return text[a : b + len(EVAL_END)] + "\n" if a >= 0 and b > a else ""
 
 
-def write_eval(result: dict[str, Any], out_dir: str, title: str = "Transcoder evaluation") -> dict[str, str]:
-    """eval.json, eval.md and the four plots; returns {artifact: path}."""
+def write_eval(
+    result: dict[str, Any], out_dir: str, title: str = "Transcoder evaluation", extra_md: str = ""
+) -> dict[str, str]:
+    """eval.json, eval.md (``extra_md`` appended to the summary) and the four plots; returns {artifact: path}."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {
         "json": write_json(result, os.path.join(out_dir, "eval.json")),
@@ -289,7 +292,7 @@ def write_eval(result: dict[str, Any], out_dir: str, title: str = "Transcoder ev
     }
     kept = _interp_section(paths["markdown"])
     with open(paths["markdown"], "w") as fh:
-        fh.write(eval_markdown(result, title) + ("\n" + kept if kept else ""))
+        fh.write(eval_markdown(result, title) + ("\n" + extra_md if extra_md else "") + ("\n" + kept if kept else ""))
     per_prefix = (("fvu", "FVU", "fvu_vs_prefix.png"), ("delta_ce", "ΔCE (nats)", "delta_ce_vs_prefix.png"))
     for key, ylabel, fname in per_prefix:
         p = plot_vs_prefix(result, key, ylabel, os.path.join(out_dir, fname))
