@@ -41,8 +41,10 @@ def test_offline_default_few_steps(tmp_path, monkeypatch, capsys):
         "--samples-every", "3",  # activation samples during training, on 4 held-out contexts
         "--samples-contexts", "4",
         # the saved transcoder is then the last weights, which the checkpoint holds too (compared below); with
-        # the default parameter average it is the average (tests/training/test_ema.py checks that fold)
+        # the default parameter average it is the average, and with the default free decoder rows it is folded
+        # to unit rows (tests/training/test_ema.py and test_decoder_norm.py check those folds)
         "--ema-decay", "0",
+        "--transcoder.decoder-norm", "unit",
     ]  # fmt: skip
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
