@@ -185,6 +185,63 @@ def standing(groups: dict[Key, list[dict[str, Any]]]) -> list[str]:
     return out
 
 
+def _met(ok: bool) -> str:
+    return "**met**" if ok else "**missed**"
+
+
+def goals(groups: dict[Key, list[dict[str, Any]]], k: int = 32) -> list[str]:
+    """Issue 13's benchmark goals, checked against the means over seeds (k = 32, every layer with our rows)."""
+    out: list[str] = []
+
+    def fvu(layer: int, budget: str, row: str) -> tuple[float | None, int]:
+        runs = groups.get((layer, budget, k, row), [])
+        return (_mean([r["eval"]["prefixes"][-1]["fvu"] for r in runs]) if runs else None), len(runs)
+
+    for layer in sorted({g[0] for g in groups if g[3] == "ours" and g[2] == k}):
+        ours, n = fvu(layer, "tokens", "ours")
+        assert ours is not None
+        out += [f"Layer {layer}, k = {k}, means over seeds (seed counts in brackets):", ""]
+        cases = (("ours", "transcoder", False, "Equal tokens, transcoders without a skip connection"),
+                 ("ours_skip", "transcoder", True, "Equal tokens, skip transcoders"),
+                 ("ours_sae", "sae", False, "Equal tokens, SAE mode (not a goal: every peer has a row)"))  # fmt: skip
+        for mine, mode, skip, what in cases:
+            m, mn = fvu(layer, "tokens", mine)
+            peers = [(r, *fvu(layer, "tokens", r)) for r in ROWS if ROWS[r].impl != "ours"
+                     and ROWS[r].mode == mode and ("skip" in r) == skip]  # fmt: skip
+            peers = [p for p in peers if p[1] is not None]
+            if m is None or not peers:
+                continue
+            best = min(peers, key=lambda p: p[1])
+            out.append(f"- {what}: `{mine}` {m:.4f} [{mn}] vs the best peer `{best[0]}` {best[1]:.4f} [{best[2]}]: "
+                       f"{_met(m <= best[1])} ({m / best[1] - 1:+.1%}).")  # fmt: skip
+        timed = [(r, *fvu(layer, "time", r)) for r in ROWS if ROWS[r].impl != "ours"]
+        for r, f, c in timed:
+            if f is None:
+                continue
+            ref = "ours" if ROWS[r].mode == "transcoder" else "ours_sae"
+            mine = "ours_skip" if "skip" in r else ref
+            m, mn = fvu(layer, "tokens", mine)
+            if m is not None:
+                out.append(f"- Equal wall-clock: `{mine}` {m:.4f} [{mn}] vs `{r}` trained for our time {f:.4f} [{c}]: "
+                           f"{_met(m < f)}.")  # fmt: skip
+        plain, pn = fvu(layer, "tokens", "ours_plain")
+        if plain is not None:
+            out.append(f"- Nesting costs little: `ours` {ours:.4f} [{n}] within 5% of plain BatchTopK `ours_plain` "
+                       f"{plain:.4f} [{pn}]: {_met(ours <= 1.05 * plain)} ({ours / plain - 1:+.1%}).")  # fmt: skip
+        sk, skn = fvu(layer, "tokens", "ours_skip")
+        if sk is not None:
+            out.append(f"- The skip connection lowers final FVU at equal L0: {ours:.4f} -> {sk:.4f} [{skn}]: "
+                       f"{_met(sk < ours)}.")
+        runs = groups[(layer, "tokens", k, "ours")]
+        dead = max(r["eval"]["dead_fraction"] for r in runs)
+        dens = max(r["eval"].get("max_density") or 0.0 for r in runs)
+        out += [f"- Default run's figures (the `ours` row is the offline default on this cache): final FVU "
+                f"{ours:.4f} <= 0.38 {_met(ours <= 0.38)}; dead at most {dead:.1%} of latents over "
+                f"{runs[0]['eval']['n_tokens']:,} held-out tokens (< 5%: {_met(dead < 0.05)}); densest latent "
+                f"{dens:.2f} of tokens (<= 0.5: {_met(dens <= 0.5)}).", ""]  # fmt: skip
+    return out
+
+
 def plots(name: str, groups: dict[Key, list[dict[str, Any]]], dest: Path) -> list[str]:
     """Per (layer, budget, mode): the frontier (final-prefix FVU vs final-prefix L0 over k, one line per row) and
     the per-prefix FVU curves at k = 32 (or the row's largest k). Returns the PNG file names."""
@@ -361,6 +418,9 @@ def render(docs: dict[str, dict[str, Any]], dest_dir: Path) -> str:
         sp = splice_table(groups)
         if sp:
             out += ["### Spliced loss per prefix", ""] + sp + [""]
+        gl = goals(groups)
+        if gl:
+            out += ["### Issue-13 goals, from these numbers", ""] + gl
         st = standing(groups)
         if st:
             out += ["### Where we stand", ""] + st
