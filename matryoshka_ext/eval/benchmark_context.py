@@ -47,15 +47,20 @@ def benchmark_section(result: dict[str, Any], path: str, k: int | None, budget: 
     t = result["transcoders"][0]
     layer = result["sites"]["layer"]
     final = t["prefixes"][-1]
-    heldout = doc.get("meta", {}).get("caches", {})
+    cache = doc.get("meta", {}).get("caches", {}).get(str(layer), {})
+    bench_tokens = cache.get("heldout_tokens")
     lines = [
         "## Against the quality benchmark",
         "",
-        f"Rows of `{path}` (layer {layer}, k {k}, equal tokens; each trained by its own library on the benchmark's "
-        f"cache and scored by the same harness; caches: {heldout or '?'}). Spliced ΔCE of the benchmark rows is "
-        "on its first held-out predictions, this run's on its own set, so compare ΔCE loosely.",
+        f"Rows of `{path}` (layer {layer}, k {k}, equal tokens): each trained by its own library on the benchmark's "
+        f"cache and scored by one harness on {bench_tokens or '?'} held-out tokens (`{cache.get('heldout', '?')}`). "
+        "The benchmark's spliced ΔCE is on its first held-out predictions, this run's on its own, so compare ΔCE "
+        "loosely.",
         "",
     ]
+    if bench_tokens is not None and bench_tokens != t["n_tokens"]:
+        lines += [f"**Not the same held-out tokens**: this run was scored on {t['n_tokens']}, the benchmark on "
+                  f"{bench_tokens}; FVU, dead and density do not compare exactly.", ""]  # fmt: skip
     rows = benchmark_rows(doc, layer, k, budget) if k is not None else {}
     if not rows:
         lines += [f"No benchmark row at layer {layer}, k {k}: nothing to compare with.", ""]

@@ -33,7 +33,7 @@ def test_section_lists_rows_by_fvu_and_names_the_best_peer(tmp_path):
     res = _result(seed)
     mine = res["transcoders"][0]["prefixes"][-1]["fvu"]
     doc = {
-        "meta": {"caches": {"12": "somewhere"}},
+        "meta": {"caches": {str(LAYER): {"heldout": "somewhere", "heldout_tokens": 200}}},
         "runs": [
             _entry("sparsify", 0, 0.29), _entry("sparsify", 1, 0.31),  # mean 0.30 ± 0.0141
             _entry("sparsify_skip", 0, 0.20),  # lower, but has a skip connection: not "the best peer"
@@ -57,6 +57,10 @@ def test_section_lists_rows_by_fvu_and_names_the_best_peer(tmp_path):
     rel = mine / 0.3 - 1
     assert m.group(4) == ("below" if rel < 0 else "above")
     assert abs(float(m.group(3)) - abs(rel) * 100) < 0.051
+    assert "Not the same held-out tokens" not in md  # 200 tokens both
+    doc["meta"]["caches"][str(LAYER)]["heldout_tokens"] = 122_880
+    path.write_text(json.dumps(doc))
+    assert "Not the same held-out tokens" in benchmark_section(res, str(path), k=8)
     # nothing at this layer and k: the section says so
     assert "nothing to compare" in benchmark_section(res, str(path), k=64)
     assert "nothing to compare" in benchmark_section(res, str(path), k=None)
