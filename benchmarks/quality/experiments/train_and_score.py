@@ -23,6 +23,7 @@ def main():
     name = sys.argv[1]
     over = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     train_cache = over.pop("_train_cache", None)
+    io_mode = over.pop("_mode", "transcoder")  # "sae": y = x (the benchmark's SAE rows)
     patch = over.pop("_patch", {})
     tc_over = over.pop("transcoder", {})
     base = TrainConfig()
@@ -61,7 +62,7 @@ def main():
     t0 = time.time()
     if not os.environ.get("SCORE_ONLY"):
         os.system(f"rm -rf {run_dir}")
-        data = train_stream(train_cache or pair.train, cfg.batch_tokens, cfg.seed, "transcoder")
+        data = train_stream(train_cache or pair.train, cfg.batch_tokens, cfg.seed, io_mode)
         Trainer(cfg, data, run_dir, torch.device("cpu")).run()
     wall = time.time() - t0
     tc = load_transcoder(run_dir)
@@ -72,7 +73,7 @@ def main():
     # exact FVU: sum of squared error / total variance around the held-out mean (two passes)
     ys = None
     n = 0
-    for _x, y in heldout_batches(pair.heldout, "transcoder"):
+    for _x, y in heldout_batches(pair.heldout, io_mode):
         s = y.double().sum(0)
         ys = s if ys is None else ys + s
         n += y.shape[0]
@@ -85,7 +86,7 @@ def main():
         l0 = 0.0
         pl0 = torch.zeros(len(ends))
         with torch.no_grad():
-            for x, y in heldout_batches(pair.heldout, "transcoder", batch=4096):
+            for x, y in heldout_batches(pair.heldout, io_mode, batch=4096):
                 x, y = x.float(), y.float()
                 acts = model.encode(x, mode=mode)
                 for i in range(len(ends)):
