@@ -152,3 +152,22 @@ def test_two_runners_share_one_document(tmp_path):
     for path in (tmp_path / "d.json", tmp_path / "m.json"):
         runs = {(e["row"], e["seed"]): e["fvu"] for e in json.loads(path.read_text())["runs"]}
         assert runs == {("ours", 0): 0.3, ("ours", 1): 0.31, ("sparsify", 0): 0.29}
+
+
+def test_goals_are_checked_from_the_means():
+    def entry(row: str, seed: int, fvu: float, budget: str = "tokens") -> dict:
+        ev = {"prefixes": [{"fvu": fvu + 0.1, "l0_mean": 20.0}, {"fvu": fvu, "l0_mean": 32.0}],
+              "dead_fraction": 0.03, "max_density": 0.45, "n_tokens": 122_880, "dense_fraction": 0.01}  # fmt: skip
+        return {"row": row, "seed": seed, "layer": 12, "k": 32, "budget": budget, "eval": ev}
+
+    runs = [entry("ours", s, f) for s, f in enumerate((0.28, 0.29))]  # mean 0.285
+    runs += [entry("sparsify", s, f) for s, f in enumerate((0.286, 0.288))]  # mean 0.287: ours below
+    runs += [entry("ours_plain", 0, 0.27), entry("ours_skip", 0, 0.23), entry("sparsify_skip", 0, 0.22)]
+    runs += [entry("sparsify", 0, 0.30, budget="time")]
+    text = "\n".join(report.goals(report.group_runs({"runs": runs})))
+    assert "`ours` 0.2850 [2] vs the best peer `sparsify` 0.2870 [2]: **met**" in text
+    assert "`ours_skip` 0.2300 [1] vs the best peer `sparsify_skip` 0.2200 [1]: **missed**" in text
+    assert "Equal wall-clock: `ours` 0.2850 [2] vs `sparsify` trained for our time 0.3000 [1]: **met**" in text
+    assert "within 5% of plain BatchTopK `ours_plain` 0.2700 [1]: **missed** (+5.6%)" in text
+    assert "0.2850 -> 0.2300 [1]: **met**" in text
+    assert "dead at most 3.0%" in text and "(< 5%: **met**)" in text and "(<= 0.5: **met**)" in text
