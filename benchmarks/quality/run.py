@@ -180,7 +180,12 @@ class Runner:
                 raise RowUnavailable(f"equal-time {job.row} needs the equal-token {reference_row(job.row)} and "
                                      f"{job.row} runs of the same layer, k and seed")  # fmt: skip
             seconds = ref["train"]["train_s"]
-            rate = own["train"]["tokens"] / own["train"]["train_s"]
+            # its fastest equal-token run at this layer and k (the least loaded one) sizes the schedule: a run slowed
+            # by a shared box would size it too short and stop the peer long before our time is up
+            rates = [e["train"]["tokens"] / e["train"]["train_s"] for e in self.res.doc["runs"]
+                     if "train" in e and (e["layer"], e["k"], e["budget"], e["row"]) == (job.layer, job.k, "tokens",
+                                                                                         job.row)]  # fmt: skip
+            rate = max(rates)
             # schedules sized to the tokens it can see in that time; the clock stops it either way
             spec.update(seconds=round(seconds, 3), ref_spec=ref["train_fp"],
                         tokens=max(self.batch, -(-int(seconds * rate) // self.batch) * self.batch))  # fmt: skip
