@@ -235,7 +235,7 @@ def goals(groups: dict[Key, list[dict[str, Any]]], k: int = 32) -> list[str]:
         runs = groups[(layer, "tokens", k, "ours")]
         dead = max(r["eval"]["dead_fraction"] for r in runs)
         dens = max(r["eval"].get("max_density") or 0.0 for r in runs)
-        out += [f"- Default run's figures (the `ours` row is the offline default on this cache): final FVU "
+        out += [f"- The default configuration's figures on this layer (the `ours` row): final FVU "
                 f"{ours:.4f} <= 0.38 {_met(ours <= 0.38)}; dead at most {dead:.1%} of latents over "
                 f"{runs[0]['eval']['n_tokens']:,} held-out tokens (< 5%: {_met(dead < 0.05)}); densest latent "
                 f"{dens:.2f} of tokens (<= 0.5: {_met(dens <= 0.5)}).", ""]  # fmt: skip
