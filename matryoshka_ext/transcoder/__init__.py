@@ -25,8 +25,9 @@ Conventions (documented choices):
   positive selected activation of each training batch; the first update sets it directly.
 - Dead-latent counters (``tokens_since_fired``, int64) and the threshold are persistent buffers; they
   change only in training mode with gradients enabled (or ``update_stats=True``), never in metric passes.
-- Decoder rows have unit norm: ``project_decoder_grad`` removes the radial gradient component before the
-  optimiser step, ``normalize_decoder`` renormalises after it.
+- Decoder rows have unit norm (``decoder_norm="unit"``): ``project_decoder_grad`` removes the radial gradient
+  component before the optimiser step, ``normalize_decoder`` renormalises after it. With ``decoder_norm="free"``
+  both are no-ops while training and ``fold_decoder_norms`` brings the saved model back to unit rows.
 - Init: see ``init`` (least-squares encoder init, b_dec = target mean, W_skip = 0).
 """
 
