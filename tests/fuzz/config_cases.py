@@ -38,6 +38,7 @@ ENUMS = {
     "transcoder.dtype": ("float32", "bfloat16", "float16", "float64"),
     "transcoder.activation_scaling": ("unit_mean_squared_norm", "unit_rms", "none"),
     "transcoder.init_encoder": ("linear", "transpose"),
+    "transcoder.decoder_norm": ("unit", "free"),
 }
 POSITIVE = {"context_size", "lm_batch_contexts", "buffer_tokens", "batch_tokens", "total_tokens", "log_every",
             "keep_last", "max_nonfinite_in_a_row", "transcoder.dict_size", "transcoder.dead_tokens",
