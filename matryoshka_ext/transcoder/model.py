@@ -69,6 +69,10 @@ class MatryoshkaTranscoder(nn.Module):
         self.register_buffer("threshold_updates", torch.zeros((), device=device, dtype=torch.int64))
         self.register_buffer("tokens_since_fired", torch.zeros(F, device=device, dtype=torch.int64))
         self.register_buffer("prefix_weights", torch.tensor(cfg.weights, **f32), persistent=False)
+        # prefix ends as a tensor for the per-prefix L0 counts (derived from cfg; moves with the module)
+        self.register_buffer(
+            "group_ends_t", torch.tensor(cfg.group_ends, device=device, dtype=torch.int64), persistent=False
+        )
         self.reset_parameters()
 
     # ------------------------------------------------------------------------------------------------------
@@ -186,18 +190,11 @@ class MatryoshkaTranscoder(nn.Module):
 
     def _prefix_counts(self, indices: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
         """[m] int64: how many of the positive entries fall in each prefix (latent id < group end), in one pass."""
-        ends = self._ends_tensor(indices.device)
+        ends = self.group_ends_t
         m = len(self.group_ends)
         # group of each entry's latent; entries holding 0 go to an extra bin m (no weights: deterministic on CUDA)
         group = torch.searchsorted(ends, indices.masked_fill(~positive, ends[-1]), right=True)
         return torch.bincount(group, minlength=m + 1)[:m].cumsum(0)
-
-    def _ends_tensor(self, device: torch.device) -> torch.Tensor:
-        cached = getattr(self, "_ends_cache", None)
-        if cached is None or cached.device != device:
-            cached = torch.tensor(self.group_ends, dtype=torch.int64, device=device)
-            self._ends_cache = cached
-        return cached
 
     @torch.no_grad()
     def update_stats(self, acts: SparseActs, n_tokens: int, sync: Any = None) -> None:
