@@ -29,7 +29,7 @@ step() {  # step NAME CMD...: run CMD with its stages recorded under NAME, then 
   "$PY" -m matryoshka_ext._timing "$MATRYOSHKA_EXT_TIMING" --add "$name" "$(secs "$s")"
 }
 step train .venv/bin/matryoshka-ext train --out_dir "$(dirname "$RUN")" --run_name "$(basename "$RUN")" "$@"
-step eval .venv/bin/matryoshka-ext eval "$RUN" --out "$RUN/eval" --benchmark-results benchmarks/quality/results/k32.json
+step eval .venv/bin/matryoshka-ext eval "$RUN" --out "$RUN/eval" --benchmark-results benchmarks/quality/results/full.json
 step samples .venv/bin/matryoshka-ext samples "$RUN" --n-tokens 32768 --out "$RUN/samples"
 mv "$MATRYOSHKA_EXT_TIMING" "$RUN/timing.json"
 echo

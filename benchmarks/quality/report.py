@@ -18,7 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .spec import ROWS, full_grid, reference_row
+from . import schedule
+from .spec import ROWS, full_grid
 
 HERE = Path(__file__).resolve().parent
 DOC = HERE.parent / "QUALITY.md"
@@ -94,9 +95,9 @@ def _order(key: Key) -> tuple:
     return (layer, budget != "tokens", k, list(ROWS).index(row))
 
 
-def rows_table(groups: dict[Key, list[dict[str, Any]]], budget: str, k: int) -> list[str]:
-    """Every row at one budget and k."""
-    sel = sorted((g for g in groups if g[1] == budget and g[2] == k), key=_order)
+def rows_table(groups: dict[Key, list[dict[str, Any]]], layer: int, budget: str, k: int) -> list[str]:
+    """Every row at one layer, budget and k."""
+    sel = sorted((g for g in groups if g[:3] == (layer, budget, k)), key=_order)
     if not sel:
         return []
     lines = ["| row | mode | seeds | FVU per prefix (mean) | final FVU | final L0 | final ΔCE | CE rec. (zero) | KL "
@@ -120,11 +121,11 @@ TRAIN_KEYS = (
 )  # fmt: skip
 
 
-def our_settings(groups: dict[Key, list[dict[str, Any]]], budget: str, k: int) -> list[str]:
+def our_settings(groups: dict[Key, list[dict[str, Any]]], layer: int, budget: str, k: int) -> list[str]:
     """The training settings each of our rows actually ran with (the package default of its run's day): a row
     whose seeds ran with different defaults says so, so that no table silently mixes two configurations."""
     lines = []
-    for g in sorted((g for g in groups if g[1] == budget and g[2] == k and ROWS[g[3]].impl == "ours"), key=_order):
+    for g in sorted((g for g in groups if g[:3] == (layer, budget, k) and ROWS[g[3]].impl == "ours"), key=_order):
         seen = []
         for r in groups[g]:
             c = r["train"].get("config", {})
@@ -281,46 +282,29 @@ def plots(name: str, groups: dict[Key, list[dict[str, Any]]], dest: Path) -> lis
     return made
 
 
-PEER_START_S = 15.0  # interpreter start + cache read-in of one train_peer subprocess (measured 8-20 s)
 
 
 def estimate(doc: dict[str, Any]) -> list[str]:
-    """The full grid's cost from this document's measured k = 32 equal-token jobs: per job its row's training
-    time (equal-time jobs: the reference row's), fidelity time and the peer start, plus the measured spliced-loss
-    time per (layer, k, seed, budget) group. k = 16 / 64 jobs are counted at their k = 32 cost (the step cost
-    barely depends on k at F = 4096). Scaled to an idle core by each job's CPU share where it was recorded."""
-    base = {r["row"]: r for r in doc["runs"] if "eval" in r and r["budget"] == "tokens" and r["k"] == 32}
-    if not base:
+    """The full grid's cost from this document's measured jobs (``schedule.estimate``: each job at the median time of
+    its measured twins, training + scoring + its share of splicing), on one core and on 2 parallel workers."""
+    if not any("eval" in r for r in doc["runs"]):
         return []
-    wall = cpu = 0.0
-    missing: set[str] = set()
-    for j in full_grid().jobs():
-        name = reference_row(j.row) if j.budget == "time" else j.row
-        src = base.get(name)
-        if src is None:
-            missing.add(name)
-            continue
-        t = src["train"]
-        share = t["train_cpu_s"] / t["train_s"] if t.get("train_cpu_s") else None
-        fid = src.get("fid_s", 0.0)
-        start = PEER_START_S if ROWS[j.row].impl != "ours" else 0.0
-        wall += t["train_s"] + fid + start
-        cpu += (t["train_s"] + fid) * (share or 1.0) + start
-    splices = [r["splice_s"] / max(1, r.get("splice_models", 1)) for r in doc["runs"] if r.get("splice_s")]
-    n_spliced = sum(1 for j in full_grid().jobs() if ROWS[j.row].mode == "transcoder")
-    per_model = statistics.mean(splices) if splices else 0.0
-    wall += per_model * n_spliced
-    cpu += per_model * n_spliced
-    shares = [r["train"]["train_cpu_s"] / r["train"]["train_s"] for r in base.values() if r["train"].get("train_cpu_s")]
-    lines = [f"- Full grid (`spec.full_grid`, {len(full_grid().jobs())} jobs) at this document's measured speed: "
-             f"{wall / 3600:.1f} h (training + fidelity + {PEER_START_S:.0f} s per peer start + "
-             f"{per_model:.0f} s of splicing per transcoder model)."]  # fmt: skip
-    if shares:
-        lines.append(f"- The jobs got {min(shares):.0%}-{max(shares):.0%} of a core (CPU s / wall s); on an idle core "
-                     f"the same work is about {cpu / 3600:.1f} h with one thread (two threads: less, by the "
-                     "unmeasured parallel speed-up).")  # fmt: skip
-    if missing:
-        lines.append(f"- Not counted (no measured k = 32 job yet): {', '.join(sorted(missing))}.")
+    grid = full_grid()
+    cpu, wall2, unmeasured = schedule.estimate(grid, doc["runs"], 2)
+    by_impl: dict[str, float] = defaultdict(float)
+    seen = schedule.measured(doc["runs"])
+    for j in grid.jobs():
+        by_impl[ROWS[j.row].impl] += schedule.job_cost(j, seen)
+    share = ", ".join(f"{impl} {v / 3600:.1f} h" for impl, v in sorted(by_impl.items(), key=lambda t: -t[1]))
+    lines = [f"- Full grid (`spec.full_grid`, {len(grid.jobs())} jobs) at this document's measured speed: "
+             f"{cpu / 3600:.1f} h of one core ({share}); `make quality` runs it on 2 workers "
+             f"(`run.py --workers 2`, one thread each): "
+             f"about {wall2 / 3600:.1f} h on 2 idle cores.",
+             f"- Measured wall-clock of the last `run.py` session on this document: "
+             f"{doc.get('meta', {}).get('wall_s_last_session', 0) / 3600:.2f} h with "
+             f"{doc.get('meta', {}).get('workers', 1)} worker(s) (only the jobs it had left to do)."]  # fmt: skip
+    if unmeasured:
+        lines.append(f"- Never measured (counted at {schedule.UNMEASURED_S:.0f} s a job): {', '.join(unmeasured)}.")
     return lines + [""]
 
 
@@ -405,13 +389,12 @@ def render(docs: dict[str, dict[str, Any]], dest_dir: Path) -> str:
         unavailable = sorted({f"{r['row']} ({r['unavailable']})" for r in doc["runs"] if "unavailable" in r})
         if unavailable:
             out += ["Rows not run: " + "; ".join(unavailable) + ".", ""]
-        for budget in ("tokens", "time"):
-            for k in sorted({g[2] for g in groups if g[1] == budget}):
-                what = "equal tokens" if budget == "tokens" else "equal wall-clock (peers trained for our time)"
-                out += [f"### {what}, k = {k}", ""] + rows_table(groups, budget, k) + [""]
-                settings = our_settings(groups, budget, k)
-                if settings:
-                    out += ["Our rows' training settings (TrainConfig at their run):", ""] + settings + [""]
+        for layer, budget, k in sorted({g[:3] for g in groups}, key=lambda t: (t[0], t[1] != "tokens", t[2])):
+            what = "equal tokens" if budget == "tokens" else "equal wall-clock (peers trained for our time)"
+            out += [f"### Layer {layer}, {what}, k = {k}", ""] + rows_table(groups, layer, budget, k) + [""]
+            settings = our_settings(groups, layer, budget, k)
+            if settings:
+                out += ["Our rows' training settings (TrainConfig at their run):", ""] + settings + [""]
         est = estimate(doc)
         if est:
             out += ["### Cost of the full grid, from these measurements", ""] + est

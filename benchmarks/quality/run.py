@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import exchange, harness
+from . import exchange, harness, schedule
 from .caches import CachePair, build_cache_pair, cache_tokens, default_cache_pair, is_complete
 from .spec import ROWS, Grid, Job, Part, Row, full_grid, reduced_grid, reference_row
 from .train_ours import RowUnavailable, training_spec
@@ -203,6 +203,19 @@ class Runner:
         return {"heldout": self.pairs[job.layer].heldout, "splice_tokens": self.grid.splice_tokens,
                 "prefixes": which, "model_dtype": self.model_dtype, "harness": 2}  # fmt: skip
 
+    def pending(self, job: Job) -> bool:
+        """Whether ``job`` still has training, scoring or splicing to do (an equal-time job whose prerequisites
+        are not done yet counts as pending)."""
+        try:
+            spec = self.spec(job)
+        except RowUnavailable:
+            return True
+        e = self.res.get(job)
+        if not e or e.get("train_fp") != fingerprint(spec) or e.get("fid_fp") != fingerprint(self.fid_spec(job)):
+            return True
+        sspec = self.splice_spec(job)
+        return "eval" not in e or (sspec is not None and e.get("splice_fp") != fingerprint(sspec))
+
     def run_dir(self, job: Job, fp: str) -> str:
         return os.path.join(self.out, "runs", f"L{job.layer}_k{job.k}_{job.budget}", job.row, f"s{job.seed}-{fp}")
 
@@ -297,9 +310,11 @@ class Runner:
             self.log(f"[quality] spliced ({which} prefixes, {self.grid.splice_tokens} tokens) {len(items)} models in "
                      f"{dt:.0f} s: final dCE {dce}")  # fmt: skip
 
-    def run(self) -> None:
+    def run(self, jobs: list[Job] | None = None) -> None:
+        """Do ``jobs`` (default: the whole grid) in order, splicing each (layer, k, seed, budget) group's
+        transcoders once its jobs are scored."""
         t0 = time.perf_counter()
-        jobs = self.grid.jobs()
+        jobs = self.grid.jobs() if jobs is None else jobs
         self.log(f"[quality] {len(jobs)} jobs; results -> {self.res.path}")
         group: list[Job] = []
         for i, job in enumerate(jobs):
@@ -353,9 +368,9 @@ def grid_from_args(a: argparse.Namespace) -> Grid:
         grid = Grid([Part(**kw, splice=a.splice or base.splice)], splice_tokens=reduced_grid().splice_tokens)
     else:
         grid = reduced_grid() if a.reduced else full_grid()
-    layers = [int(s) for s in a.layers.split(",") if s]
+    layers = [int(s) for s in a.layers.split(",") if s] if a.layers else None
     for part in grid.parts:
-        part.layers = layers
+        part.layers = layers or part.layers
         try:
             part.validate()
         except ValueError as e:
@@ -373,7 +388,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds")
     p.add_argument("--ks")
     p.add_argument("--budgets", help="tokens,time")
-    p.add_argument("--layers", default="12", help="e.g. 12,15 (each layer needs its caches)")
+    p.add_argument("--layers", help="e.g. 12,15: every part at these layers (default: the grid's own; each "
+                   "layer needs its caches)")  # fmt: skip
     p.add_argument("--tokens", type=int, help="training tokens (default: the package's TrainConfig default)")
     p.add_argument("--splice", choices=("all", "last", "none"),
                    help="with --rows/--seeds/--ks/--budgets: which prefixes are spliced (default last)")  # fmt: skip
@@ -388,21 +404,36 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-mirror", action="store_true", help="do not mirror the document to benchmarks/quality/results")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 0) or None)
     p.add_argument("--list", action="store_true", help="print the grid's jobs and exit")
+    p.add_argument("--workers", type=int, default=1,
+                   help="parallel runners sharing the document (one per core; each gets --threads, default "
+                   "cores / workers); the grid's independent chains are dealt out by their measured cost")  # fmt: skip
+    p.add_argument("--estimate", action="store_true",
+                   help="print the grid's cost from the document's measured jobs (and --workers) and exit")  # fmt: skip
+    p.add_argument("--shard-file", help=argparse.SUPPRESS)  # set by --workers for its children
+    p.add_argument("--shard", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     grid = grid_from_args(a)
     if a.list:
         for j in grid.jobs():
             print(tuple(j))
         return
+    name = a.name or ("reduced" if a.reduced else "full")
+    res = Results(Path(a.out) / f"{name}.json", None if a.no_mirror else RESULTS / f"{name}.json")
+    if a.estimate:
+        cpu, wall, unmeasured = schedule.estimate(grid, res.doc["runs"], a.workers)
+        print(f"[quality] {len(grid.jobs())} jobs: {cpu / 3600:.2f} h on one core, {wall / 3600:.2f} h on "
+              f"{a.workers} worker(s)" + (f"; never measured: {', '.join(unmeasured)}" if unmeasured else ""))
+        return
     import torch
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    if a.shard_file is not None:
+        return run_shard(a, grid, res)
+    threads = a.threads or (max(1, (os.cpu_count() or 1) // a.workers) if a.workers > 1 else None)
+    if threads:
+        torch.set_num_threads(threads)
     threads = torch.get_num_threads()
-    name = a.name or ("reduced" if a.reduced else "full")
-    pairs = resolve_pairs(layers=[int(s) for s in a.layers.split(",") if s], train=a.train_cache,
-                          heldout=a.heldout_cache, build=a.build_caches, wait_s=a.wait_cache)  # fmt: skip
-    res = Results(Path(a.out) / f"{name}.json", None if a.no_mirror else RESULTS / f"{name}.json")
+    pairs = resolve_pairs(layers=grid.layers(), train=a.train_cache, heldout=a.heldout_cache,
+                          build=a.build_caches, wait_s=a.wait_cache)  # fmt: skip
     groups, batch, default_tokens = _defaults()
     runner = Runner(grid, pairs, a.out, res, threads)
     res.doc["meta"] = {
@@ -419,8 +450,60 @@ def main(argv: list[str] | None = None) -> None:
         "out": a.out,
     }
     res.write()
-    runner.run()
+    if a.workers > 1:
+        run_workers(a, argv if argv is not None else sys.argv[1:], grid, runner, threads)
+    else:
+        runner.run()
     print(f"[quality] wrote {res.path}" + (f" and {res.mirror}" if res.mirror else ""))
+
+
+def run_workers(a: argparse.Namespace, argv: list[str], grid: Grid, runner: Runner, threads: int) -> None:
+    """Deal the grid's pending chains to ``a.workers`` child runners (this module with --shard-file/--shard),
+    each writing its jobs into the shared document; waits for all and fails if one failed."""
+    t0 = time.perf_counter()
+    measured = schedule.measured(runner.res.doc["runs"])
+    costs = {j: (schedule.job_cost(j, measured) if runner.pending(j) else 0.0) for j in grid.jobs()}
+    shards = schedule.assign(grid.chains(), costs, a.workers)
+    shard_file = Path(a.out) / f"{runner.res.path.stem}.shards.json"
+    shard_file.write_text(json.dumps([[list(j) for j in s] for s in shards]))
+    for i, s in enumerate(shards):
+        runner.log(f"[quality] worker {i}: {len(s)} jobs, about {sum(costs[j] for j in s) / 60:.0f} min of work")
+    drop = {"--build-caches", "--workers"}
+    base, skip = [], False
+    for tok in argv:  # the parent's arguments less those only the parent acts on
+        if skip:
+            skip = False
+            continue
+        name = tok.split("=")[0]
+        if name in drop:
+            skip = name == "--workers" and "=" not in tok
+            continue
+        base.append(tok)
+    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.quality.run", *base, "--shard-file", str(shard_file),
+                               "--shard", str(i), "--threads", str(threads)], cwd=str(REPO))  # fmt: skip
+             for i in range(len(shards))]
+    codes = [p.wait() for p in procs]
+    runner.res.doc = runner.res._read()
+    meta = runner.res.doc.setdefault("meta", {})
+    meta.update(wall_s_last_session=time.perf_counter() - t0, workers=len(shards), loadavg_end=os.getloadavg())
+    runner.res.write()
+    if any(codes):
+        raise SystemExit(f"[quality] worker exit codes {codes}")
+
+
+def run_shard(a: argparse.Namespace, grid: Grid, res: Results) -> None:
+    """One worker of ``--workers``: its jobs from the shard file, with --threads threads, caches already built."""
+    import torch
+
+    jobs = [Job(*j) for j in json.loads(Path(a.shard_file).read_text())[a.shard]]
+    torch.set_num_threads(a.threads or 1)
+    pairs = resolve_pairs(layers=grid.layers(), train=a.train_cache, heldout=a.heldout_cache, build=False,
+                          wait_s=a.wait_cache)  # fmt: skip
+
+    def log(msg: str) -> None:
+        print(f"[w{a.shard}] {msg}", flush=True)
+
+    Runner(grid, pairs, a.out, res, torch.get_num_threads(), log=log).run(jobs)
 
 
 if __name__ == "__main__":

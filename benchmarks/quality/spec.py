@@ -130,6 +130,17 @@ class Grid:
                                 add(Job(layer, k, seed, "time", r))
         return out
 
+    def chains(self) -> list[list[Job]]:
+        """``jobs()`` split into independent chains, each in run order: one per (layer, k, seed, mode). The
+        equal-time jobs of a chain need only its own earlier jobs, so chains may run in parallel."""
+        out: dict[tuple, list[Job]] = {}
+        for j in self.jobs():
+            out.setdefault((j.layer, j.k, j.seed, ROWS[j.row].mode), []).append(j)
+        return list(out.values())
+
+    def layers(self) -> list[int]:
+        return sorted({layer for part in self.parts for layer in part.layers})
+
     def splice_of(self, job: Job) -> str:
         """Which prefixes of ``job`` are spliced: the widest setting of any part that lists it ("none" when
         only a prerequisite of another part)."""
@@ -148,21 +159,26 @@ def reduced_grid() -> Grid:
 
 
 def full_grid() -> Grid:
-    """``make quality``: sized in benchmarks/quality/README.md (measured per-row times) to about an hour on 2
-    otherwise idle cores.
+    """``make quality``: every part of issue 13's comparison, 3 seeds per row (sized in benchmarks/quality/README.md
+    from measured per-job times; ``report`` re-estimates it from each results document).
 
-    - every row, k = 32, seeds 0-2, equal tokens (the headline table, mean +- spread over 3 seeds); the spliced
-      loss at every prefix for seed 0, at the last prefix for the other seeds and parts;
-    - the frontier: k = 16 and 64, seed 0, for ours, ours_plain and every peer except sparsify_skip (its curve
-      follows sparsify's; the skip row's k = 32 seeds show the skip effect);
-    - equal wall-clock: every peer at k = 32, seeds 0-2, trained for our row's training time.
+    - every row, layer 12, k = 32, seeds 0-2, equal tokens (the headline table); the spliced loss at every prefix
+      for seed 0, at the last prefix elsewhere;
+    - equal wall-clock: every peer at k = 32, seeds 0-2, trained for our row's training time;
+    - the frontier, k = 16 and 64: the transcoder rows ours, ours_plain and sparsify at seeds 0-2, the SAE rows
+      (ours and every SAE peer) at seed 0 (SAELens and dictionary_learning alone take 16 min a seed on a core);
+    - the second layer, 15: ours, ours_plain and sparsify at k = 32, seeds 0-2.
     """
-    frontier = ["ours", "ours_plain", "sparsify", "ours_sae", "saelens_sae", "dl_sae", "sparsify_sae"]
+    seeds = [0, 1, 2]
+    tc_frontier = ["ours", "ours_plain", "sparsify"]
+    sae_frontier = ["ours_sae", "saelens_sae", "dl_sae", "sparsify_sae"]
     return Grid(
         [
             Part(list(ROWS), [0], [32], ["tokens"], splice="all"),
             Part(list(ROWS), [1, 2], [32], ["tokens"]),
-            Part(frontier, [0], [16, 64], ["tokens"]),
-            Part(PEER_ROWS, [0, 1, 2], [32], ["time"]),
+            Part(PEER_ROWS, seeds, [32], ["time"]),
+            Part(tc_frontier, seeds, [16, 64], ["tokens"]),
+            Part(sae_frontier, [0], [16, 64], ["tokens"]),
+            Part(tc_frontier, seeds, [32], ["tokens"], layers=[15]),
         ]
     )

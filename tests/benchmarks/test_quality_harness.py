@@ -171,3 +171,53 @@ def test_goals_are_checked_from_the_means():
     assert "within 5% of plain BatchTopK `ours_plain` 0.2700 [1]: **missed** (+5.6%)" in text
     assert "0.2850 -> 0.2300 [1]: **met**" in text
     assert "dead at most 3.0%" in text and "(< 5%: **met**)" in text and "(<= 0.5: **met**)" in text
+
+
+def test_chains_cover_the_grid_and_workers_get_balanced_shares():
+    from benchmarks.quality import schedule
+
+    grid = full_grid()
+    chains = grid.chains()
+    flat = [j for c in chains for j in c]
+    assert sorted(flat) == sorted(grid.jobs())  # every job once
+    assert {15, 12} <= set(grid.layers())  # the second layer is part of `make quality`
+    for chain in chains:  # a chain holds every prerequisite of its equal-time jobs, earlier in the chain
+        pos = {j: i for i, j in enumerate(chain)}
+        assert len({(j.layer, j.k, j.seed, ROWS[j.row].mode) for j in chain}) == 1
+        for j in (j for j in chain if j.budget == "time"):
+            assert pos[j._replace(budget="tokens", row=reference_row(j.row))] < pos[j]
+            assert pos[j._replace(budget="tokens")] < pos[j]
+    runs = [{"row": "saelens_sae", "layer": 12, "k": 32, "budget": "tokens", "train": {"train_s": 600.0},
+             "eval": {}, "fid_s": 10.0},
+            {"row": "ours", "layer": 12, "k": 32, "budget": "tokens", "train": {"train_s": 80.0}, "eval": {},
+             "fid_s": 10.0, "splice_s": 120.0, "splice_models": 4}]  # fmt: skip
+    seen = schedule.measured(runs)
+    assert schedule.job_cost(Job(12, 32, 1, "tokens", "ours"), seen) == 120.0  # 80 + 10 + 120 / 4
+    assert schedule.job_cost(Job(12, 64, 0, "tokens", "saelens_sae"), seen) == 610.0 + schedule.PEER_START_S
+    assert schedule.job_cost(Job(12, 32, 0, "time", "sparsify"), seen) == 120.0 + schedule.PEER_START_S  # ours' time
+    unmeasured = schedule.UNMEASURED_S + schedule.PEER_START_S  # its reference row ours_sae was never measured
+    assert schedule.job_cost(Job(12, 32, 0, "time", "saelens_sae"), seen) == unmeasured
+    costs = {j: schedule.job_cost(j, seen) for j in grid.jobs()}
+    shards = schedule.assign(chains, costs, 2)
+    loads = [sum(costs[j] for j in s) for s in shards]
+    assert sorted(j for s in shards for j in s) == sorted(grid.jobs())
+    assert max(loads) - min(loads) <= max(sum(costs[j] for j in c) for c in chains)  # LPT's bound
+    one, wall2, _ = schedule.estimate(grid, runs, 2)
+    assert one == pytest.approx(sum(loads)) and wall2 == pytest.approx(max(loads)) and wall2 < one
+
+
+def test_two_workers_run_the_grid_into_one_document(tmp_path):
+    from benchmarks.quality import run
+
+    pair = CachePair(12, _cache(tmp_path / "train", TOKENS, 1), _cache(tmp_path / "held", 2048, 2))
+    run.main(["--rows", "ours,ours_plain", "--seeds", "0,1", "--ks", str(K), "--budgets", "tokens", "--splice",
+              "none", "--splice-tokens", "0", "--tokens", str(TOKENS), "--layers", "12", "--train-cache", pair.train,
+              "--heldout-cache", pair.heldout, "--out", str(tmp_path / "out"), "--name", "w", "--no-mirror",
+              "--workers", "2"])  # fmt: skip
+    doc = json.loads((tmp_path / "out" / "w.json").read_text())
+    done = {(e["row"], e["seed"]) for e in doc["runs"] if "eval" in e}
+    assert done == {("ours", 0), ("ours", 1), ("ours_plain", 0), ("ours_plain", 1)}
+    assert doc["meta"]["workers"] == 2 and doc["meta"]["grid"]["parts"][0]["seeds"] == [0, 1]
+    shards = json.loads((tmp_path / "out" / "w.shards.json").read_text())
+    assert len(shards) == 2 and all(shards)  # one seed's chain each
+    assert all(e["train"]["threads"] == 1 for e in doc["runs"])  # one thread per worker on this 2-core box

@@ -23,6 +23,7 @@ def main():
     name = sys.argv[1]
     over = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     train_cache = over.pop("_train_cache", None)
+    layer = int(over.pop("_layer", 12))
     io_mode = over.pop("_mode", "transcoder")  # "sae": y = x (the benchmark's SAE rows)
     patch = over.pop("_patch", {})
     tc_over = over.pop("transcoder", {})
@@ -30,6 +31,7 @@ def main():
     cfg = base.replace(**over)
     cfg = cfg.replace(
         transcoder=cfg.transcoder.replace(**tc_over),
+        layer=layer,
         wandb_mode="disabled",
         progress=False,
         eval_tokens=0,
@@ -39,7 +41,7 @@ def main():
         run_name=name,
         device="cpu",
     )
-    pair = default_cache_pair(12)
+    pair = default_cache_pair(layer)
     from matryoshka_ext.transcoder import MatryoshkaTranscoder as MT
 
     if patch.get("nodecnorm"):
