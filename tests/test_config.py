@@ -6,6 +6,7 @@ import argparse
 import os
 
 import pytest
+import torch
 
 from matryoshka_ext.config import (
     ConfigError,
@@ -59,6 +60,9 @@ def test_group_sizes_must_sum_to_dict_size():
         (dict(selection="dense"), "selection"),
         (dict(prefix_weights=[1.0, 2.0]), "prefix_weights"),
         (dict(prefix_weights=[1, 1, 1, 1, -1]), "prefix_weights"),
+        (dict(final_prefix_weight=0.0), "final_prefix_weight"),
+        (dict(final_prefix_weight=float("nan")), "final_prefix_weight"),
+        (dict(final_prefix_weight=True), "final_prefix_weight"),
         (dict(aux_k=-1), "aux_k"),
         (dict(aux_penalty=-0.1), "aux_penalty"),
         (dict(dead_tokens=0), "dead_tokens"),
@@ -71,6 +75,15 @@ def test_group_sizes_must_sum_to_dict_size():
 def test_transcoder_validation_names_field(kwargs, field):
     with pytest.raises(ConfigError, match=field):
         TranscoderConfig(**kwargs)
+
+
+def test_prefix_weights_final_weight_and_explicit_list():
+    w = 1.0 + torch.rand(()).item()  # any weight above 1
+    assert TranscoderConfig(final_prefix_weight=w).weights == [1.0, 1.0, 1.0, 1.0, w]
+    assert TranscoderConfig(dict_size=64, group_sizes=[64], final_prefix_weight=w).weights == [1.0]  # one group
+    explicit = TranscoderConfig(prefix_weights=[0, 0, 0, 0, 1], final_prefix_weight=w)
+    assert explicit.weights == [0.0, 0.0, 0.0, 0.0, 1.0]  # an explicit list wins
+    assert TranscoderConfig().weights == [1.0] * 5  # the library default: the plain sum over prefixes
 
 
 @pytest.mark.parametrize(

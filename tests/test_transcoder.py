@@ -51,6 +51,18 @@ def test_loss_auxk_fvu_and_grads_match_dense(seed, selection, with_dead, aux_lay
     torch.testing.assert_close(out.recon.double(), (r_scaled / m.y_scale.double()).detach(), rtol=1e-5, atol=1e-6)
 
 
+def test_final_prefix_weight_weighs_the_last_prefix(seed):
+    """loss = sum of the prefix MSEs with the last one times final_prefix_weight (no AuxK here)."""
+    torch.manual_seed(seed)
+    w = 1.5 + torch.rand(()).item()
+    m = _model(final_prefix_weight=w, aux_k=0)
+    x, y = _data(seed)
+    m.initialize_from_batch(x, y)
+    out = m(x, y, update_stats=False)
+    assert out.mse.shape == (4,) and bool((out.mse > 0).all())
+    torch.testing.assert_close(out.loss, out.mse[:-1].sum() + w * out.mse[-1])
+
+
 def test_fvu_definition_sum_of_per_dim_variances(seed):
     """FVU = sum over dims of squared error / sum over dims of y's variance around its per-dim batch mean."""
     torch.manual_seed(seed)

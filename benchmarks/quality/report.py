@@ -131,7 +131,8 @@ def our_settings(groups: dict[Key, list[dict[str, Any]]], layer: int, budget: st
             c = r["train"].get("config", {})
             tc = c.get("transcoder", {})
             desc = ", ".join(f"{key} {c[key]}" for key in TRAIN_KEYS if key in c)
-            desc += f", selection {tc.get('selection', 'batch')}, decoder_norm {tc.get('decoder_norm', 'unit')}"
+            desc += (f", selection {tc.get('selection', 'batch')}, decoder_norm {tc.get('decoder_norm', 'unit')}, "
+                     f"dead_tokens {tc.get('dead_tokens')}, final_prefix_weight {tc.get('final_prefix_weight', 1.0)}")
             if desc not in [d for d, _ in seen]:
                 seen.append((desc, []))
             next(v for d, v in seen if d == desc).append(str(r["seed"]))

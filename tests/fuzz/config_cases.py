@@ -70,6 +70,7 @@ def _range_invalid(rng: random.Random, path: str) -> list[Any]:
         "transcoder.init_encoder_scale": [0.0, -1.0],
         "transcoder.group_sizes": [[1, 2, 3], [], [0, 4096], [-1, 4097], [4096, 0]],
         "transcoder.prefix_weights": [[1.0], [1.0] * 9, [-1.0, 1, 1, 1, 1], [0.0] * 5],
+        "transcoder.final_prefix_weight": [0.0, -1.0, -rng.random(), math.inf],
     }.get(path, [])
 
 
