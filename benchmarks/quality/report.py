@@ -336,10 +336,11 @@ def experiments_section(exp_dir: Path = EXPERIMENTS) -> list[str]:
     files = sorted(exp_dir.glob("*.jsonl")) if exp_dir.exists() else []
     if not files:
         return out
-    out += ["## Training experiments (layer 12, k = 32, 1.2M tokens, our default TrainConfig plus the overrides)", "",
+    out += ["## Training experiments (1.2M tokens, our default TrainConfig plus the overrides)", "",
             "One run per line of `benchmarks/quality/experiments/<file>.jsonl` (script: `train_and_score.py` there): "
             "the package default TrainConfig *of that session* with the JSON overrides shown, trained on the "
-            "benchmark's layer-12 train cache and scored on all 122,880 held-out tokens with the JumpReLU "
+            "benchmark's layer-12 train cache (`_layer` in the overrides: that layer's; k = 32 unless overridden) "
+            "and scored on all 122,880 held-out tokens with the JumpReLU "
             "inference rule unless the inference column says otherwise (dead = "
             "never fires; dense10 / dense50 = latents firing on more than 10% / 50% of tokens). Wall seconds carry the "
             "shared box's load.", ""]  # fmt: skip
