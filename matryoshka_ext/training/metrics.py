@@ -99,15 +99,16 @@ def step_metrics(
 def evaluate(
     model: MatryoshkaTranscoder, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
 ) -> dict[str, Any] | None:
-    """Per-prefix FVU (summed squared errors / summed per-batch variances over all batches) and L0 on
-    held-out batches, both with the training selection ("fvu", "l0") and with the JumpReLU inference
-    encoder ("fvu_jumprelu", "l0_jumprelu"), plus the dead fraction. Changes no state (eval mode, no_grad,
-    no stat updates; the mode is restored)."""
+    """Per-prefix FVU (summed squared errors / the total variance of y around its mean over all batches, as
+    ``matryoshka_ext.eval`` defines it) and L0 on held-out batches, both with the training selection ("fvu",
+    "l0") and with the JumpReLU inference encoder ("fvu_jumprelu", "l0_jumprelu"), plus the dead fraction.
+    Changes no state (eval mode, no_grad, no stat updates; the mode is restored)."""
     from .. import ops
 
     was_training = model.training
     model.eval()
-    sse = sse_j = var = None
+    sse = sse_j = sum_y = None
+    sum_y2 = 0.0  # the variance from running sums in float64: one pass, around the mean of every batch together
     l0 = l0_j = 0.0
     n = 0
     try:
@@ -115,7 +116,9 @@ def evaluate(
             x, y = x.to(device), y.to(device)
             out = model(x, y, update_stats=False)
             ys = y.float() * model.y_scale
-            v = (ys - ys.mean(0)).pow(2).sum()
+            y64 = ys.double()
+            sum_y = y64.sum(0) if sum_y is None else sum_y + y64.sum(0)
+            sum_y2 += float(y64.pow(2).sum())
             s = out.mse.float() * ys.numel()
             acts = model.encode(x)  # JumpReLU
             acts = type(acts)(
@@ -128,7 +131,6 @@ def evaluate(
             sj = (r - ys).pow(2).sum(dim=(1, 2))
             sse = s if sse is None else sse + s
             sse_j = sj if sse_j is None else sse_j + sj
-            var = v if var is None else var + v
             l0 += float(out.l0) * x.shape[0]
             l0_j += float(acts.l0().sum())
             n += x.shape[0]
@@ -136,6 +138,7 @@ def evaluate(
         model.train(was_training)
     if not n:
         return None
+    var = max(sum_y2 - float(sum_y.pow(2).sum()) / n, 1e-30)
     return {
         "tokens": n,
         "fvu": (sse / var).tolist(),

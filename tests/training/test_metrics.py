@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from matryoshka_ext.config import TranscoderConfig
@@ -89,3 +90,27 @@ def test_evaluate_changes_no_state():
     assert ev["tokens"] == 384 and len(ev["fvu"]) == 4 and ev["l0"] == 4.0
     assert len(ev["fvu_jumprelu"]) == 4 and ev["l0_jumprelu"] > 0
     assert evaluate(m, [], torch.device("cpu")) is None
+
+
+def test_evaluate_fvu_is_around_the_mean_of_all_held_out_tokens(seed):
+    """The held-out FVU divides by the variance around the mean of every batch together (eval's definition), not
+    by a sum of per-batch variances: batches with different means must not shrink the denominator."""
+    torch.manual_seed(seed)
+    m = _model()
+    src = SyntheticActivations(batch_size=128, seed=seed)
+    x0, y0 = next(src)
+    m.initialize_from_batch(x0, y0)
+    batches = []
+    for b in range(3):
+        x, y = next(src)
+        batches.append((x, y + 2.0 * b * torch.randn(y.shape[1])))  # each batch's own offset
+    ev = evaluate(m, batches, torch.device("cpu"))
+    X, Y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]).double()
+    with torch.no_grad():
+        acts = m.encode(X)
+        total = (Y - Y.mean(0)).pow(2).sum()
+        per_batch = sum((b[1].double() - b[1].double().mean(0)).pow(2).sum() for b in batches)
+        for i, got in enumerate(ev["fvu_jumprelu"]):
+            sse = (m.decode(acts, i + 1).double() - Y).pow(2).sum()
+            assert got == pytest.approx(float(sse / total), rel=1e-4)
+            assert got < float(sse / per_batch) * 0.99  # the old denominator gave a different, larger FVU
