@@ -148,6 +148,13 @@ class Results:
             os.replace(tmp, dest)
 
 
+def splice_fresh(entry: dict[str, Any], sspec: dict[str, Any]) -> bool:
+    """Whether ``entry``'s spliced scores answer ``sspec``: the same settings, or the same but every prefix spliced
+    where only the last is asked for (a smaller grid run on the full grid's document keeps its wider scores)."""
+    fp = entry.get("splice_fp")
+    return fp == fingerprint(sspec) or (sspec["prefixes"] == "last" and fp == fingerprint({**sspec, "prefixes": "all"}))
+
+
 class Runner:
     """Trains and scores the grid's jobs one at a time, recording each in ``results`` as it finishes."""
 
@@ -214,7 +221,7 @@ class Runner:
         if not e or e.get("train_fp") != fingerprint(spec) or e.get("fid_fp") != fingerprint(self.fid_spec(job)):
             return True
         sspec = self.splice_spec(job)
-        return "eval" not in e or (sspec is not None and e.get("splice_fp") != fingerprint(sspec))
+        return "eval" not in e or (sspec is not None and not splice_fresh(e, sspec))
 
     def run_dir(self, job: Job, fp: str) -> str:
         return os.path.join(self.out, "runs", f"L{job.layer}_k{job.k}_{job.budget}", job.row, f"s{job.seed}-{fp}")
@@ -286,7 +293,7 @@ class Runner:
         todo: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
         for job in jobs:
             sspec, e = self.splice_spec(job), self.res.get(job)
-            if sspec is None or e is None or "eval" not in e or e.get("splice_fp") == fingerprint(sspec):
+            if sspec is None or e is None or "eval" not in e or splice_fresh(e, sspec):
                 continue
             todo.setdefault(sspec["prefixes"], []).append((e, sspec))
         for which, items in todo.items():

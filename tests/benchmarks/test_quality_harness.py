@@ -221,3 +221,15 @@ def test_two_workers_run_the_grid_into_one_document(tmp_path):
     shards = json.loads((tmp_path / "out" / "w.shards.json").read_text())
     assert len(shards) == 2 and all(shards)  # one seed's chain each
     assert all(e["train"]["threads"] == 1 for e in doc["runs"])  # one thread per worker on this 2-core box
+
+
+def test_a_wider_splice_answers_a_narrower_request():
+    from benchmarks.quality.run import fingerprint, splice_fresh
+
+    spec = {"heldout": "h", "splice_tokens": 4096, "prefixes": "last", "model_dtype": "bfloat16", "harness": 2}
+    every = {**spec, "prefixes": "all"}
+    assert splice_fresh({"splice_fp": fingerprint(every)}, spec)  # every prefix spliced: the last one too
+    assert splice_fresh({"splice_fp": fingerprint(spec)}, spec)
+    assert not splice_fresh({"splice_fp": fingerprint(spec)}, every)  # only the last: every prefix is still to do
+    assert not splice_fresh({"splice_fp": fingerprint({**every, "splice_tokens": 8192})}, spec)
+    assert not splice_fresh({}, spec)
