@@ -272,6 +272,9 @@ def plots(name: str, groups: dict[Key, list[dict[str, Any]]], dest: Path) -> lis
                     title=f"frontier: layer {layer} {mode}, {budget} budget")  # fmt: skip
             ax2.set(xlabel="prefix size (latents)", ylabel="FVU (held-out)", xscale="log",
                     title=f"per-prefix FVU: layer {layer} {mode}, {budget} budget")  # fmt: skip
+            sizes = sorted({p["latents"] for v in sel.values() for p in v[0]["eval"]["prefixes"]})
+            ax2.set_xticks(sizes, [str(x) for x in sizes])  # the prefix ends, not log-scale minor labels
+            ax2.minorticks_off()
             for ax in (ax1, ax2):
                 ax.grid(alpha=0.3)
                 ax.legend(fontsize=7)
