@@ -17,7 +17,7 @@ bench-results:  ## regenerate benchmarks/RESULTS.md from benchmarks/results/*.js
 # scored by one harness; resumable (jobs already in $MX_QBENCH/full.json are not rerun), caches built if missing;
 # QUALITY_WORKERS parallel one-thread runners (default 2, one per core). Its cost: `run.py --estimate --workers 2`.
 QUALITY_WORKERS ?= 2
-quality:        ## the full quality grid on 2 workers (~2.3 h of 2 idle cores, see QUALITY.md) -> benchmarks/QUALITY.md
+quality:        ## the full quality grid on 2 workers (~2.1 h of 2 idle cores, see QUALITY.md) -> benchmarks/QUALITY.md
 	bash scripts/bench_env.sh
 	.venv/bin/python -m benchmarks.quality.run --build-caches --workers $(QUALITY_WORKERS) $(QUALITY_ARGS)
 	.venv/bin/python -m benchmarks.quality.report
