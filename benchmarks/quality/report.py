@@ -296,9 +296,8 @@ def estimate(doc: dict[str, Any]) -> list[str]:
     grid = full_grid()
     cpu, wall2, unmeasured = schedule.estimate(grid, doc["runs"], 2)
     by_impl: dict[str, float] = defaultdict(float)
-    seen = schedule.measured(doc["runs"])
-    for j in grid.jobs():
-        by_impl[ROWS[j.row].impl] += schedule.job_cost(j, seen)
+    for j, cost in schedule.costs(grid, doc["runs"]).items():
+        by_impl[ROWS[j.row].impl] += cost
     share = ", ".join(f"{impl} {v / 3600:.1f} h" for impl, v in sorted(by_impl.items(), key=lambda t: -t[1]))
     lines = [f"- Full grid (`spec.full_grid`, {len(grid.jobs())} jobs) at this document's measured speed: "
              f"{cpu / 3600:.1f} h of one core ({share}); `make quality` runs it on 2 workers "

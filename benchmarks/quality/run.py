@@ -210,6 +210,12 @@ class Runner:
         return {"heldout": self.pairs[job.layer].heldout, "splice_tokens": self.grid.splice_tokens,
                 "prefixes": which, "model_dtype": self.model_dtype, "harness": 2}  # fmt: skip
 
+    def scored(self, job: Job, spec: dict[str, Any]) -> bool:
+        """Whether ``job``'s entry holds the training of ``spec`` and today's fidelity scores."""
+        e = self.res.get(job)
+        return bool(e) and e.get("train_fp") == fingerprint(spec) and "eval" in e and \
+            e.get("fid_fp") == fingerprint(self.fid_spec(job))  # fmt: skip
+
     def pending(self, job: Job) -> bool:
         """Whether ``job`` still has training, scoring or splicing to do (an equal-time job whose prerequisites
         are not done yet counts as pending)."""
@@ -217,11 +223,10 @@ class Runner:
             spec = self.spec(job)
         except RowUnavailable:
             return True
-        e = self.res.get(job)
-        if not e or e.get("train_fp") != fingerprint(spec) or e.get("fid_fp") != fingerprint(self.fid_spec(job)):
+        if not self.scored(job, spec):
             return True
         sspec = self.splice_spec(job)
-        return "eval" not in e or (sspec is not None and not splice_fresh(e, sspec))
+        return sspec is not None and not splice_fresh(self.res.get(job), sspec)
 
     def run_dir(self, job: Job, fp: str) -> str:
         return os.path.join(self.out, "runs", f"L{job.layer}_k{job.k}_{job.budget}", job.row, f"s{job.seed}-{fp}")
@@ -265,10 +270,10 @@ class Runner:
             if (self.res.get(job) or {}).get("unavailable") != str(e):
                 self.res.put({**base, "unavailable": str(e)})
             return
+        if self.scored(job, spec):
+            return
         fp, ffp = fingerprint(spec), fingerprint(self.fid_spec(job))
         old = self.res.get(job)
-        if old and old.get("train_fp") == fp and old.get("fid_fp") == ffp and "eval" in old:
-            return
         t0 = time.perf_counter()
         if old and old.get("train_fp") == fp and "train" in old:
             info = old["train"]
@@ -468,25 +473,15 @@ def run_workers(a: argparse.Namespace, argv: list[str], grid: Grid, runner: Runn
     """Deal the grid's pending chains to ``a.workers`` child runners (this module with --shard-file/--shard),
     each writing its jobs into the shared document; waits for all and fails if one failed."""
     t0 = time.perf_counter()
-    measured = schedule.measured(runner.res.doc["runs"])
-    costs = {j: (schedule.job_cost(j, measured) if runner.pending(j) else 0.0) for j in grid.jobs()}
+    costs = {j: (c if runner.pending(j) else 0.0) for j, c in schedule.costs(grid, runner.res.doc["runs"]).items()}
     shards = schedule.assign(grid.chains(), costs, a.workers)
     shard_file = Path(a.out) / f"{runner.res.path.stem}.shards.json"
     shard_file.write_text(json.dumps([[list(j) for j in s] for s in shards]))
     for i, s in enumerate(shards):
         runner.log(f"[quality] worker {i}: {len(s)} jobs, about {sum(costs[j] for j in s) / 60:.0f} min of work")
-    drop = {"--build-caches", "--workers"}
-    base, skip = [], False
-    for tok in argv:  # the parent's arguments less those only the parent acts on
-        if skip:
-            skip = False
-            continue
-        name = tok.split("=")[0]
-        if name in drop:
-            skip = name == "--workers" and "=" not in tok
-            continue
-        base.append(tok)
-    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.quality.run", *base, "--shard-file", str(shard_file),
+    # children take the parent's arguments as they are: with --shard-file they only run their shard (caches are
+    # built by now, and --workers / --build-caches are not read on that path)
+    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.quality.run", *argv, "--shard-file", str(shard_file),
                                "--shard", str(i), "--threads", str(threads)], cwd=str(REPO))  # fmt: skip
              for i in range(len(shards))]
     codes = [p.wait() for p in procs]

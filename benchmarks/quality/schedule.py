@@ -29,14 +29,17 @@ def measured(runs: Iterable[dict[str, Any]]) -> dict[tuple, list[float]]:
 
 def job_cost(job: Job, seen: dict[tuple, list[float]]) -> float:
     """Seconds ``job`` is expected to take on one core: the median of its measured twins (same row, layer, k and
-    budget), else of the same row at any layer / k (the step cost barely depends on k at F = 4096), else
-    ``UNMEASURED_S``. Equal-time jobs cost their reference row's training time."""
+    budget), else of the same row and budget at any layer / k (the step cost barely depends on k at F = 4096),
+    else, for an equal-time job, of its reference row at equal tokens (the time it is trained for), else
+    ``UNMEASURED_S``."""
     start = PEER_START_S if ROWS[job.row].impl != "ours" else 0.0
-    for keys in (
+    fallbacks = [
         [(job.row, job.layer, job.k, job.budget)],
         [key for key in seen if key[0] == job.row and key[3] == job.budget],
-        [key for key in seen if key[0] == reference_row(job.row) and key[3] == "tokens"],
-    ):
+    ]
+    if job.budget == "time":
+        fallbacks.append([key for key in seen if key[0] == reference_row(job.row) and key[3] == "tokens"])
+    for keys in fallbacks:
         vals = [v for key in keys for v in seen.get(key, [])]
         if vals:
             return statistics.median(vals) + start
@@ -55,12 +58,17 @@ def assign(chains: list[list[Job]], costs: dict[Job, float], workers: int) -> li
     return shards
 
 
+def costs(grid: Grid, runs: list[dict[str, Any]]) -> dict[Job, float]:
+    """``job_cost`` of every job of ``grid`` (done or not), from the measured entries ``runs``."""
+    seen = measured(runs)
+    return {j: job_cost(j, seen) for j in grid.jobs()}
+
+
 def estimate(grid: Grid, runs: list[dict[str, Any]], workers: int) -> tuple[float, float, list[str]]:
     """(single-core seconds, wall seconds on ``workers`` idle cores, rows never measured) of every job of
     ``grid``, done or not."""
-    seen = measured(runs)
-    costs = {j: job_cost(j, seen) for j in grid.jobs()}
-    shards = assign(grid.chains(), costs, workers)
-    wall = max(sum(costs[j] for j in s) for s in shards)
-    unmeasured = sorted({j.row for j in costs if not any(key[0] == j.row for key in seen)})
-    return sum(costs.values()), wall, unmeasured
+    per_job = costs(grid, runs)
+    shards = assign(grid.chains(), per_job, workers)
+    wall = max(sum(per_job[j] for j in s) for s in shards)
+    rows_seen = {key[0] for key in measured(runs)}
+    return sum(per_job.values()), wall, sorted({j.row for j in per_job if j.row not in rows_seen})
