@@ -128,12 +128,17 @@ def test_batch_topk_large_inputs_match_reference(seed, dtype, layout):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_topk_heap_and_threshold_paths_agree_with_reference(seed, dtype):
-    # The CPU kernel keeps a heap while k * 16 < F and selects by threshold (nth_element) from there on: check
-    # both sides of the switch with ties at the threshold, zeros, negatives and NaN.
-    F = 64
+    # The CPU kernel keeps a heap while k * 16 < F and selects by threshold (a bitwise search for the k-th key,
+    # 16 keys per vector compare) from there on: check both sides of the switch with ties at the threshold, zeros,
+    # negatives and NaN, on a row length that is a multiple of 16 and one that leaves a scalar tail.
+    for F, ks in ((64, (1, 3, 4, 5, 17, 40, 63, 64)), (71, (1, 4, 5, 33, 70, 71))):
+        _check_topk_paths(dtype, F, ks)
+
+
+def _check_topk_paths(dtype: torch.dtype, F: int, ks: tuple[int, ...]) -> None:
     pre = torch.randint(-3, 4, (23, F)).to(dtype)
     pre[3, 5] = pre[7, 60] = float("nan")
-    for k in (1, 3, 4, 5, 17, 40, 63, 64):
+    for k in ks:
         ours, oracle = mx.topk(pre, k), ref.topk(pre, k)
         assert torch.equal(ours.indices, oracle.indices) and torch.equal(ours.row_offsets, oracle.row_offsets)
         torch.testing.assert_close(ours.values, oracle.values, equal_nan=True, rtol=0, atol=0)
