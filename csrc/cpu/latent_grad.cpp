@@ -6,7 +6,13 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "common.h"
 #include "cpu/csr_rows.h"
@@ -15,20 +21,111 @@ namespace mx {
 namespace cpu {
 namespace {
 
+template <typename acc_t>
+struct Item {
+  int64_t latent, row;
+  acc_t val;
+};
+
+// buf's storage with room for n elements (grown, never shrunk: the caller reuses it across calls)
+template <typename E>
+E* grown(std::vector<E>& buf, int64_t n) {
+  if (static_cast<int64_t>(buf.size()) < n) {
+    buf = std::vector<E>();  // free the old storage before allocating its successor
+    buf.resize(static_cast<size_t>(n));
+  }
+  return buf.data();
+}
+
+// out[0..d) = sum over the c entries (in order) of val[q] * S[row[q]], entries holding 0 skipped. The float path
+// keeps 128 columns of the sum in eight vector registers across all entries, so the only memory traffic is the
+// S rows: a sum kept in memory costs a load and a store per multiply-add. Same multiply-adds in the same entry
+// order as the plain loop (which the compiler contracts to FMAs too).
+template <typename acc_t, typename S_t>
+void reduce_rows(const acc_t* val, const int64_t* row, int64_t c, const S_t* S, int64_t d, acc_t* out) {
+  int64_t j0 = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<acc_t, float> && std::is_same_v<S_t, float>) {
+    constexpr int64_t kCols = 128;
+    for (; j0 + kCols <= d; j0 += kCols) {
+      __m512 r0 = _mm512_setzero_ps(), r1 = r0, r2 = r0, r3 = r0, r4 = r0, r5 = r0, r6 = r0, r7 = r0;
+      for (int64_t q = 0; q < c; ++q) {
+        if (val[q] == 0.0f) continue;
+        const __m512 a = _mm512_set1_ps(val[q]);
+        const float* s = S + row[q] * d + j0;
+        r0 = _mm512_fmadd_ps(a, _mm512_loadu_ps(s), r0);
+        r1 = _mm512_fmadd_ps(a, _mm512_loadu_ps(s + 16), r1);
+        r2 = _mm512_fmadd_ps(a, _mm512_loadu_ps(s + 32), r2);
+        r3 = _mm512_fmadd_ps(a, _mm512_loadu_ps(s + 48), r3);
+        r4 = _mm512_fmadd_ps(a, _mm512_loadu_ps(s + 64), r4);
+        r5 = _mm512_fmadd_ps(a, _mm512_loadu_ps(s + 80), r5);
+        r6 = _mm512_fmadd_ps(a, _mm512_loadu_ps(s + 96), r6);
+        r7 = _mm512_fmadd_ps(a, _mm512_loadu_ps(s + 112), r7);
+      }
+      float* o = out + j0;
+      _mm512_storeu_ps(o, r0);
+      _mm512_storeu_ps(o + 16, r1);
+      _mm512_storeu_ps(o + 32, r2);
+      _mm512_storeu_ps(o + 48, r3);
+      _mm512_storeu_ps(o + 64, r4);
+      _mm512_storeu_ps(o + 80, r5);
+      _mm512_storeu_ps(o + 96, r6);
+      _mm512_storeu_ps(o + 112, r7);
+    }
+  }
+#endif
+  std::fill(out + j0, out + d, acc_t(0));
+  for (int64_t q = 0; q < c; ++q) {
+    const acc_t a = val[q];
+    if (a == acc_t(0)) continue;
+    const S_t* s = S + row[q] * d;
+    for (int64_t j = j0; j < d; ++j) out[j] += a * static_cast<acc_t>(s[j]);
+  }
+}
+
 template <typename T, typename S_t>
 void reduce_latents(const T* v, const int64_t* ix, const int64_t* ro, const S_t* S, const std::vector<int64_t>& ends,
                     int64_t n, int64_t nnz, int64_t num_latents, int64_t d, bool transposed,
                     at::opmath_type<T>* grad, at::opmath_type<T>* sums) {
   using acc_t = at::opmath_type<T>;
-  std::vector<int64_t> start(num_latents + 1, 0), order(nnz), row(nnz);
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t e = ro[r]; e < ro[r + 1]; ++e) row[e] = r;
+  // Entries sorted by latent (stable: within a latent they keep their order), each with its value (in acc_t) and
+  // row, so the reduction below reads them in sequence. Two stable counting passes: first into buckets of
+  // 2^shift consecutive latents (at most kBuckets write streams, which the caches absorb), then each bucket, whose
+  // slots fit in cache, by latent. One direct pass scatters every entry to a random slot of nnz-long arrays: at
+  // AuxK's N * aux_k entries those cache misses took most of the kernel.
+  // The nnz-long arrays are per-thread scratch kept across calls: fresh ones cost a page fault per 4 KiB
+  // (tens of MB at AuxK's N * aux_k entries) and their zero-fill, more than the sort itself.
+  thread_local std::vector<Item<acc_t>> items_buf;
+  thread_local std::vector<acc_t> val_buf;
+  thread_local std::vector<int64_t> row_buf;
+  Item<acc_t>* items = grown(items_buf, nnz);
+  acc_t* val = grown(val_buf, nnz);
+  int64_t* row = grown(row_buf, nnz);
+  std::vector<int64_t> start(num_latents + 1, 0);
   for (int64_t e = 0; e < nnz; ++e) ++start[ix[e] + 1];
   for (int64_t f = 0; f < num_latents; ++f) start[f + 1] += start[f];
+  constexpr int64_t kBuckets = 256;
+  int shift = 0;
+  while (((num_latents - 1) >> shift) >= kBuckets) ++shift;
+  const int64_t num_buckets = ((num_latents - 1) >> shift) + 1;
   {
-    std::vector<int64_t> fill(start.begin(), start.end() - 1);
-    for (int64_t e = 0; e < nnz; ++e) order[fill[ix[e]]++] = e;
+    std::vector<int64_t> fill(num_buckets);
+    for (int64_t b = 0; b < num_buckets; ++b) fill[b] = start[b << shift];
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t e = ro[r]; e < ro[r + 1]; ++e) items[fill[ix[e] >> shift]++] = {ix[e], r, static_cast<acc_t>(v[e])};
   }
+  at::parallel_for(0, num_buckets, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t lo = b << shift, hi = std::min(num_latents, (b + 1) << shift);
+      std::vector<int64_t> fill(start.begin() + lo, start.begin() + hi);
+      for (int64_t q = start[lo]; q < start[hi]; ++q) {
+        const Item<acc_t>& it = items[q];
+        const int64_t p = fill[it.latent - lo]++;
+        val[p] = it.val;
+        row[p] = it.row;
+      }
+    }
+  });
   // transposed: grad is [d, F] (the encoder weight's own layout). Latents are reduced in tiles of kTile rows,
   // then written column-wise, kTile consecutive floats (a cache line) per output row.
   constexpr int64_t kTile = 16;
@@ -36,18 +133,11 @@ void reduce_latents(const T* v, const int64_t* ix, const int64_t* ro, const S_t*
     std::vector<acc_t> tile(transposed ? kTile * d : 0);
     for (int64_t f = f0; f < f1; ++f) {
       acc_t* out = transposed ? tile.data() + ((f - f0) % kTile) * d : grad + f * d;
-      std::fill(out, out + d, acc_t(0));
-      acc_t total = 0;
       const int64_t g = group_of(f, ends);
-      for (int64_t q = start[f]; q < start[f + 1]; ++q) {
-        const int64_t e = order[q];
-        const acc_t a = static_cast<acc_t>(v[e]);
-        total += a;
-        if (a == acc_t(0)) continue;
-        const S_t* s = S + (g * n + row[e]) * d;
-        for (int64_t j = 0; j < d; ++j) out[j] += a * static_cast<acc_t>(s[j]);
-      }
+      acc_t total = 0;
+      for (int64_t q = start[f]; q < start[f + 1]; ++q) total += val[q];
       sums[f] = total;
+      reduce_rows(val + start[f], row + start[f], start[f + 1] - start[f], S + g * n * d, d, out);
       const int64_t t0 = f - (f - f0) % kTile;  // first latent of this tile
       if (transposed && (f + 1 == f1 || f + 1 - t0 == kTile)) {
         const int64_t rows = f + 1 - t0;
