@@ -43,6 +43,8 @@ def test_random_shapes(seed, dtype, mode):
         (9, 8, 8, 37, 5, [37]),  # one group
         (7, 3, 5, 6, 2, [1, 2, 3, 4, 5, 6]),  # groups of size 1
         (33, 17, 19, 211, 9, "random"),  # F prime, d odd
+        (21, 300, 257, 90, 7, "random"),  # rows wider than the CPU's 128-column register blocks, with tails
+        (12, 128, 128, 40, 40, "random"),  # exactly one block, k = F
     ],
 )
 def test_edge_shapes(seed, mode, N, d_in, d_out, F, k, ends):
@@ -50,19 +52,33 @@ def test_edge_shapes(seed, mode, N, d_in, d_out, F, k, ends):
     _compare(problem(N, d_in, d_out, F, k, ends=ends), mode, torch.float32)
 
 
-def test_decode_from_dense_acts_any_order(seed):
-    # SparseActs built by hand (not by our selection) with entries in descending order inside each row: the
-    # kernels must not rely on ascending indices for correctness.
-    N, F, d = randint(1, 20), randint(2, 80), randint(1, 30)
+@pytest.mark.parametrize("order", ["descending", "shuffled"])
+@pytest.mark.parametrize("width", ["narrow", "wide"])
+def test_decode_from_dense_acts_any_order(seed, order, width):
+    # SparseActs built by hand (not by our selection) with entries in descending or random order inside each row:
+    # the kernels must not rely on ascending indices for correctness. "wide" rows (d >= 128) take the CPU's
+    # register-blocked path, where a shuffled row enters a group more than once.
+    N, F = randint(1, 20), randint(2, 80)
+    d = randint(1, 30) if width == "narrow" else randint(128, 300)
     dense = torch.relu(torch.randn(N, F)) * (torch.rand(N, F) < 0.3)
     acts = mx.SparseActs.from_dense(dense)
-    perm = torch.cat(
-        [torch.arange(int(acts.row_offsets[r + 1]) - 1, int(acts.row_offsets[r]) - 1, -1) for r in range(N)]
-    )
-    shuffled = mx.SparseActs(acts.values[perm], acts.indices[perm], acts.row_offsets, F)
+    rows = []
+    for r in range(N):
+        lo, hi = int(acts.row_offsets[r]), int(acts.row_offsets[r + 1])
+        rows.append(torch.arange(hi - 1, lo - 1, -1) if order == "descending" else lo + torch.randperm(hi - lo))
+    perm = torch.cat(rows)
     W, b, y, ends = torch.randn(F, d), torch.randn(d), torch.randn(N, d), random_groups(F)
-    torch.testing.assert_close(mx.nested_decode(shuffled, W, b, ends), ref.nested_decode(acts, W, b, ends))
-    torch.testing.assert_close(mx.nested_mse(shuffled, W, b, y, ends), ref.nested_mse(acts, W, b, y, ends))
+    v1, W1, v2, W2 = (t.clone().requires_grad_() for t in (acts.values[perm], W, acts.values, W))
+    shuffled = mx.SparseActs(v1, acts.indices[perm], acts.row_offsets, F)
+    plain = mx.SparseActs(v2, acts.indices, acts.row_offsets, F)
+    torch.testing.assert_close(mx.nested_decode(shuffled, W1, b, ends), ref.nested_decode(plain, W2, b, ends))
+    w = torch.rand(len(ends)) + 0.5
+    ours, theirs = mx.nested_mse(shuffled, W1, b, y, ends), ref.nested_mse(plain, W2, b, y, ends)
+    torch.testing.assert_close(ours, theirs)
+    (ours * w).sum().backward()
+    (theirs * w).sum().backward()
+    torch.testing.assert_close(v1.grad, v2.grad[perm])
+    torch.testing.assert_close(W1.grad, W2.grad)
 
 
 def test_prefix_losses_fall_to_the_full_decode(seed):
@@ -98,7 +114,8 @@ def test_latent_grad_transposed_is_the_same_reduction(seed, dtype, threads):
     # chunks that do not start on a tile boundary must give the same numbers, bit for bit, as the [F, d] result.
     from matryoshka_ext._library import ops as raw
 
-    N, d, F = randint(3, 40), randint(1, 50), randint(1, 90)
+    # d up to 300: the CPU's float path reduces 128-column blocks in registers, the rest in the plain loop
+    N, d, F = randint(3, 40), randint(1, 300), randint(1, 90)
     k = randint(1, F)
     pre = torch.randn(N, F, dtype=torch.float64).to(dtype)
     acts = mx.topk(pre, k)
