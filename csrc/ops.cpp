@@ -4,7 +4,10 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <ATen/Parallel.h>
+
 #include <climits>
+#include <cstring>
 
 #include "common.h"
 
@@ -141,7 +144,17 @@ static Tensor pre_activations(const Tensor& x, const Tensor& W_enc, const Tensor
     workspace = Tensor();  // release the old one before allocating its successor
   if (!workspace.defined()) workspace = at::empty({n * f}, x.options());
   Tensor pre = workspace.narrow(0, 0, n * f).view({n, f});
-  at::addmm_out(pre, b_enc, x, W_enc);
+  // What addmm_out does, in two steps: the bias broadcast into every row, then pre += x @ W_enc (beta = 1, the
+  // same GEMM call, so the same bits). addmm_out's own broadcast goes through a strided element-wise copy that
+  // took ~9 ms at N=4096, F=8192; row copies take a third of that.
+  const Tensor b = b_enc.contiguous();
+  const int64_t row_bytes = f * static_cast<int64_t>(b.element_size());
+  const char* src = static_cast<const char*>(b.data_ptr());
+  char* dst = static_cast<char*>(pre.data_ptr());
+  at::parallel_for(0, n, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) std::memcpy(dst + r * row_bytes, src, static_cast<size_t>(row_bytes));
+  });
+  pre.addmm_(x, W_enc);
   return pre;
 }
 
