@@ -23,6 +23,7 @@ from .scaling import fold_scales, scaled
 from .skip import skip_term, sparse_target
 
 _FP32_BUFFERS = ("x_scale", "y_scale", "threshold")
+_CPU_ROW_BLOCK = 1024  # decoder rows per block of project_decoder_grad's dot products on CPU
 _DTYPES = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -234,9 +235,17 @@ class MatryoshkaTranscoder(nn.Module):
         if g is None or self.cfg.decoder_norm == "free":
             return
         W = self.W_dec.to(acc_dtype(self.W_dec.dtype))
-        # row-wise dot products without [F, d] temporaries (the rows are unit norm, but divide to stay exact)
+        # (the rows are unit norm, but divide to stay exact)
         sq_norm = torch.linalg.vector_norm(W, dim=1).square().clamp_min(1e-12)
-        coef = torch.linalg.vecdot(g.to(W.dtype), W, dim=1) / sq_norm
+        # Row-wise dot products. vecdot multiplies into an [rows, d] temporary first; on CPU a fresh one of
+        # [F, d] costs a page fault per 4 KiB (17 ms of a step at F=32768, d=640), so it runs in row blocks whose
+        # temporaries the allocator reuses.
+        F = W.shape[0]
+        block = F if W.device.type != "cpu" else _CPU_ROW_BLOCK
+        coef = W.new_empty(F)
+        for i in range(0, F, block):
+            torch.linalg.vecdot(g[i : i + block].to(W.dtype), W[i : i + block], dim=1, out=coef[i : i + block])
+        coef /= sq_norm
         if g.dtype == W.dtype:
             g.addcmul_(coef.unsqueeze(1), W, value=-1)
         else:

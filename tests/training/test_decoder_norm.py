@@ -75,3 +75,18 @@ def test_free_rows_train_free_and_save_unit(tmp_path, ema_decay):
     with torch.no_grad():
         acts = saved.encode(trainer._last_x, mode="batch")
     assert float(saved.threshold) == pytest.approx(float(acts.values[acts.values > 0].min()), rel=1e-5)
+
+
+def test_projection_in_row_blocks_equals_one_pass(monkeypatch):
+    # On CPU the row dot products run in blocks of decoder rows; with blocks that do not divide F the projected
+    # gradient must still be g - (g . w / |w|^2) w for every row.
+    from matryoshka_ext.transcoder import model as model_mod
+
+    model = MatryoshkaTranscoder(_tc(d_in=16, d_out=12))
+    W = model.W_dec.detach().clone()
+    g = torch.randn_like(W)
+    expected = g - ((g * W).sum(1) / (W * W).sum(1)).unsqueeze(1) * W
+    monkeypatch.setattr(model_mod, "_CPU_ROW_BLOCK", 7)
+    model.W_dec.grad = g.clone()
+    model.project_decoder_grad()
+    torch.testing.assert_close(model.W_dec.grad, expected, rtol=1e-5, atol=1e-6)
