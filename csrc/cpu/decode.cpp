@@ -15,6 +15,7 @@
 
 #include "common.h"
 #include "cpu/csr_rows.h"
+#include "cpu/reuse.h"
 
 namespace mx {
 namespace cpu {
@@ -202,7 +203,8 @@ std::tuple<Tensor, Tensor> mse_backward(const Tensor& grad_loss, const Tensor& v
   const auto acc_type = W.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const Tensor b = bias.contiguous(), yc = target.to(acc_type).contiguous();
   const Tensor gl = grad_loss.to(at::kCPU).to(acc_type).contiguous();
-  auto S = at::empty({m, n, d}, W.options().dtype(acc_type));
+  thread_local std::vector<Tensor> S_pool;  // S is consumed by the same backward: reused next step
+  auto S = reusable_empty(S_pool, {m, n, d}, W.options().dtype(acc_type));
   Tensor dots = with_dots ? at::empty({R.indices.numel()}, W.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, W.scalar_type(), "nested_mse_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;

@@ -16,6 +16,7 @@
 
 #include "common.h"
 #include "cpu/csr_rows.h"
+#include "cpu/reuse.h"
 
 namespace mx {
 namespace cpu {
@@ -163,8 +164,11 @@ std::tuple<Tensor, Tensor> latent_grad(const Tensor& S_in, const Tensor& values_
   const Tensor S = (S_in.scalar_type() == values.scalar_type() ? S_in : S_in.to(acc_type)).contiguous();
   const std::vector<int64_t> ends(group_ends.begin(), group_ends.end());
   const int64_t n = row_offsets.numel() - 1, d = S.size(2), nnz = values.numel();
-  auto grad = transposed ? at::empty({d, num_latents}, values.options().dtype(acc_type))
-                         : at::empty({num_latents, d}, values.options().dtype(acc_type));
+  // a weight gradient lives until the optimiser step has read it; the next step's reuses its buffer
+  thread_local std::vector<Tensor> grad_pool;
+  const auto gopt = values.options().dtype(acc_type);
+  auto grad = transposed ? reusable_empty(grad_pool, {d, num_latents}, gopt)
+                         : reusable_empty(grad_pool, {num_latents, d}, gopt);
   auto sums = at::empty({num_latents}, values.options().dtype(acc_type));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "latent_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
