@@ -288,11 +288,8 @@ bool batch_topk_sampled(const T* p, int64_t n, int64_t f, int64_t k, Csr& out_cs
   keys.reserve(static_cast<size_t>(count));
   for (const auto& c : cand)
     for (const auto& [i, key] : c) keys.push_back(key);
-  std::nth_element(keys.begin(), keys.begin() + (K - 1), keys.end(), std::greater<Key>());
-  const Key thresh = keys[K - 1];
-  int64_t above = 0;
-  for (const Key key : keys) above += key > thresh;
-  int64_t ties = K - above;
+  const Key thresh = kth_largest_key(keys.data(), count, K);
+  int64_t ties = K - (thresh == ~Key(0) ? 0 : count_at_least(keys.data(), count, Key(thresh + 1)));
 
   auto row_offsets = at::zeros({n + 1}, opt.dtype(at::kLong));
   auto values = at::empty({K}, opt);
