@@ -153,8 +153,7 @@ class MatryoshkaTranscoder(nn.Module):
         with torch.no_grad():
             det = acts.detach()
             yf = ys.to(acc)
-            # variance around the per-column means, in one reduction pass (no [N, d] temporaries)
-            var = torch.var(yf, dim=0, correction=0).mean()
+            var = (yf - yf.mean(0)).pow(2).mean()
             fvu = mse.detach() / var.clamp_min(torch.finfo(torch.float32).tiny)
             positive = det.values > 0
             n_rows = max(x.shape[0], 1)
