@@ -60,6 +60,37 @@ K kth_largest_key(const K* keys, int64_t f, int64_t k) {
   return t;
 }
 
+// Column maps of the row selections: every column (plain TopK) or a column list (AuxK's dead latents).
+struct AllCols {
+  int64_t operator()(int64_t j) const { return j; }
+};
+struct ColList {
+  const int64_t* c;
+  int64_t operator()(int64_t j) const { return c[j]; }
+};
+
+// keys[j] = relu_key(row[col(j)]) for j < f.
+template <typename T, typename Col, typename K>
+inline void fill_keys(const T* row, int64_t f, Col col, K* keys) {
+  int64_t j = 0;
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<Col, ColList>) {
+    // AuxK's strided columns: 8 per vector gather, the key (0 at or below zero, the bits above, all ones for
+    // NaN) by two mask compares instead of a branchy scalar conversion per element
+    const __m256 zero = _mm256_setzero_ps();
+    for (; j + 8 <= f; j += 8) {
+      const __m256 v = _mm512_i64gather_ps(_mm512_loadu_si512(col.c + j), row, 4);
+      const __mmask8 positive = _mm256_cmp_ps_mask(v, zero, _CMP_GT_OQ);
+      const __mmask8 nan = _mm256_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      __m256i key = _mm256_maskz_mov_epi32(positive, _mm256_castps_si256(v));
+      key = _mm256_mask_mov_epi32(key, nan, _mm256_set1_epi32(-1));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(keys + j), key);
+    }
+  }
+#endif
+  for (; j < f; ++j) keys[j] = relu_key(row[col(j)]);
+}
+
 // Per row of pre [n, ld], the top k over the columns col(0..f-1) (ascending), reported by column id: the plain
 // TopK with col(j) = j, or AuxK's selection over the dead columns only (col = a column list), which reads those
 // columns of the encoder's pre-activations in place instead of gathering them into a copy.
@@ -74,7 +105,7 @@ void topk_rows_threshold(const T* pre, int64_t n, int64_t ld, int64_t f, int64_t
     std::vector<K> keys(f);
     for (int64_t r = r0; r < r1; ++r) {
       const T* row = pre + r * ld;
-      for (int64_t j = 0; j < f; ++j) keys[j] = relu_key(row[col(j)]);
+      fill_keys(row, f, col, keys.data());
       const K t = kth_largest_key(keys.data(), f, k);
       // entries equal to t to keep, lowest index first (t < all-ones: NaN's key, the largest, is taken whole)
       int64_t ties = k - (t == ~K(0) ? 0 : count_at_least(keys.data(), f, K(t + 1)));
@@ -375,8 +406,8 @@ Csr topk_select(const Tensor& pre_in, int64_t k) {
   auto values = at::empty({n * k}, pre.options());
   auto indices = at::empty({n * k}, pre.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "topk_select", [&] {
-    topk_rows<scalar_t>(pre.data_ptr<scalar_t>(), n, f, f, k, [](int64_t j) { return j; },
-                        values.data_ptr<scalar_t>(), indices.data_ptr<int64_t>());
+    topk_rows<scalar_t>(pre.data_ptr<scalar_t>(), n, f, f, k, AllCols{}, values.data_ptr<scalar_t>(),
+                        indices.data_ptr<int64_t>());
   });
   auto row_offsets = at::arange(0, n * k + 1, k, pre.options().dtype(at::kLong));
   return {values, indices, row_offsets};
@@ -390,8 +421,8 @@ Csr topk_select_cols(const Tensor& pre_in, const Tensor& cols_in, int64_t k) {
   auto indices = at::empty({n * k}, pre.options().dtype(at::kLong));
   const int64_t* c = cols.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "topk_select_cols", [&] {
-    topk_rows<scalar_t>(pre.data_ptr<scalar_t>(), n, f, fc, k, [c](int64_t j) { return c[j]; },
-                        values.data_ptr<scalar_t>(), indices.data_ptr<int64_t>());
+    topk_rows<scalar_t>(pre.data_ptr<scalar_t>(), n, f, fc, k, ColList{c}, values.data_ptr<scalar_t>(),
+                        indices.data_ptr<int64_t>());
   });
   auto row_offsets = at::arange(0, n * k + 1, k, pre.options().dtype(at::kLong));
   return {values, indices, row_offsets};

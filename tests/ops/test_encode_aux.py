@@ -87,6 +87,24 @@ def test_nan_in_dead_columns_ranks_first(seed):
     assert aux.values.isnan().all()
 
 
+def test_aux_selection_with_ties_nan_and_negatives_equals_reference(seed):
+    # Integer-valued pre-activations (exact in float32): ties at the threshold, zeros, negatives and two NaN
+    # columns among 33 dead ones (whole 8-wide gathers plus a tail on the CPU's vector path).
+    g = torch.Generator().manual_seed(seed)
+    N, F = 23, 97
+    x = torch.randint(-2, 3, (N, 2), generator=g).float()
+    W = torch.randint(-2, 3, (2, F), generator=g).float()
+    b = torch.randint(-3, 4, (F,), generator=g).float()
+    b[[9, 39]] = float("nan")
+    dead = torch.arange(0, F, 3)
+    pre = torch.addmm(b, x, W)
+    for aux_k in (1, 2, 5, 16, 33):
+        _, aux = mx_ops.encode_aux(x, W, b, 2, "batch", dead, aux_k)
+        oracle = ref.topk(pre[:, dead], aux_k)
+        assert torch.equal(aux.indices, dead[oracle.indices]), aux_k
+        torch.testing.assert_close(aux.values, oracle.values, equal_nan=True, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("mode", ["row", "batch"])
 def test_gradcheck_float64(seed, mode, aux_layout):
     F = randint(4, 12)
