@@ -9,11 +9,9 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 #include "common.h"
+#include "cpu/block128.h"
 #include "cpu/csr_rows.h"
 #include "cpu/reuse.h"
 
@@ -34,35 +32,15 @@ inline void accumulate_groups(const T* v, const int64_t* ix, int64_t e0, int64_t
   int64_t j0 = 0;
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float> && std::is_same_v<acc_t, float>) {
-    constexpr int64_t kCols = 128;
-    for (; j0 + kCols <= d; j0 += kCols) {
+    for (; j0 + Block128::kCols <= d; j0 += Block128::kCols) {
       for (int64_t e = e0; e < e1;) {
         const int64_t g = group_of(ix[e], ends), lo = g ? ends[g - 1] : 0, hi = ends[g];
         float* p = part + g * d + j0;
-        __m512 r0 = _mm512_loadu_ps(p), r1 = _mm512_loadu_ps(p + 16), r2 = _mm512_loadu_ps(p + 32),
-               r3 = _mm512_loadu_ps(p + 48), r4 = _mm512_loadu_ps(p + 64), r5 = _mm512_loadu_ps(p + 80),
-               r6 = _mm512_loadu_ps(p + 96), r7 = _mm512_loadu_ps(p + 112);
-        for (; e < e1 && ix[e] >= lo && ix[e] < hi; ++e) {
-          if (v[e] == 0.0f) continue;
-          const __m512 a = _mm512_set1_ps(v[e]);
-          const float* w = W + ix[e] * d + j0;
-          r0 = _mm512_fmadd_ps(a, _mm512_loadu_ps(w), r0);
-          r1 = _mm512_fmadd_ps(a, _mm512_loadu_ps(w + 16), r1);
-          r2 = _mm512_fmadd_ps(a, _mm512_loadu_ps(w + 32), r2);
-          r3 = _mm512_fmadd_ps(a, _mm512_loadu_ps(w + 48), r3);
-          r4 = _mm512_fmadd_ps(a, _mm512_loadu_ps(w + 64), r4);
-          r5 = _mm512_fmadd_ps(a, _mm512_loadu_ps(w + 80), r5);
-          r6 = _mm512_fmadd_ps(a, _mm512_loadu_ps(w + 96), r6);
-          r7 = _mm512_fmadd_ps(a, _mm512_loadu_ps(w + 112), r7);
-        }
-        _mm512_storeu_ps(p, r0);
-        _mm512_storeu_ps(p + 16, r1);
-        _mm512_storeu_ps(p + 32, r2);
-        _mm512_storeu_ps(p + 48, r3);
-        _mm512_storeu_ps(p + 64, r4);
-        _mm512_storeu_ps(p + 80, r5);
-        _mm512_storeu_ps(p + 96, r6);
-        _mm512_storeu_ps(p + 112, r7);
+        Block128 sum;
+        sum.load(p);
+        for (; e < e1 && ix[e] >= lo && ix[e] < hi; ++e)
+          if (v[e] != 0.0f) sum.fma(v[e], W + ix[e] * d + j0);
+        sum.store(p);
       }
     }
   }

@@ -10,11 +10,9 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 #include "common.h"
+#include "cpu/block128.h"
 #include "cpu/csr_rows.h"
 #include "cpu/reuse.h"
 
@@ -47,31 +45,12 @@ void reduce_rows(const acc_t* val, const int64_t* row, int64_t c, const S_t* S, 
   int64_t j0 = 0;
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<acc_t, float> && std::is_same_v<S_t, float>) {
-    constexpr int64_t kCols = 128;
-    for (; j0 + kCols <= d; j0 += kCols) {
-      __m512 r0 = _mm512_setzero_ps(), r1 = r0, r2 = r0, r3 = r0, r4 = r0, r5 = r0, r6 = r0, r7 = r0;
-      for (int64_t q = 0; q < c; ++q) {
-        if (val[q] == 0.0f) continue;
-        const __m512 a = _mm512_set1_ps(val[q]);
-        const float* s = S + row[q] * d + j0;
-        r0 = _mm512_fmadd_ps(a, _mm512_loadu_ps(s), r0);
-        r1 = _mm512_fmadd_ps(a, _mm512_loadu_ps(s + 16), r1);
-        r2 = _mm512_fmadd_ps(a, _mm512_loadu_ps(s + 32), r2);
-        r3 = _mm512_fmadd_ps(a, _mm512_loadu_ps(s + 48), r3);
-        r4 = _mm512_fmadd_ps(a, _mm512_loadu_ps(s + 64), r4);
-        r5 = _mm512_fmadd_ps(a, _mm512_loadu_ps(s + 80), r5);
-        r6 = _mm512_fmadd_ps(a, _mm512_loadu_ps(s + 96), r6);
-        r7 = _mm512_fmadd_ps(a, _mm512_loadu_ps(s + 112), r7);
-      }
-      float* o = out + j0;
-      _mm512_storeu_ps(o, r0);
-      _mm512_storeu_ps(o + 16, r1);
-      _mm512_storeu_ps(o + 32, r2);
-      _mm512_storeu_ps(o + 48, r3);
-      _mm512_storeu_ps(o + 64, r4);
-      _mm512_storeu_ps(o + 80, r5);
-      _mm512_storeu_ps(o + 96, r6);
-      _mm512_storeu_ps(o + 112, r7);
+    for (; j0 + Block128::kCols <= d; j0 += Block128::kCols) {
+      Block128 sum;
+      sum.zero();
+      for (int64_t q = 0; q < c; ++q)
+        if (val[q] != 0.0f) sum.fma(val[q], S + row[q] * d + j0);
+      sum.store(out + j0);
     }
   }
 #endif
