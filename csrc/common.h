@@ -136,6 +136,9 @@ MX_BACKEND_KERNELS
 std::tuple<Tensor, Tensor> nested_mse_backward_dot(const Tensor& grad_loss, const Tensor& values,
                                                    const Tensor& indices, const Tensor& row_offsets, const Tensor& W,
                                                    const Tensor& bias, const Tensor& target, IntArrayRef group_ends);
+// BatchTopK of pre plus, per row, the top aux_k over the columns `cols` (AuxK), read in the same pass; returns the
+// BatchTopK CSR and writes AuxK's into aux.
+Csr batch_topk_select_aux(const Tensor& pre, int64_t k, const Tensor& cols, int64_t aux_k, Csr& aux);
 }  // namespace cpu
 
 namespace cuda {

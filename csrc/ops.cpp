@@ -174,8 +174,12 @@ static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> encode_aux(con
   const int64_t f = check_encode_args(x, W_enc, b_enc, k);
   check_aux_args(x, dead, aux_k, f);
   const Tensor pre = pre_activations(x, W_enc, b_enc);
-  auto [v, i, r] = select(pre, k, batch);
   Csr aux;
+  if (pre.is_cpu() && batch) {  // both selections in one pass over pre
+    auto [v, i, r] = cpu::batch_topk_select_aux(pre, k, dead, aux_k, aux);
+    return {v, i, r, std::get<0>(aux), std::get<1>(aux), std::get<2>(aux)};
+  }
+  auto [v, i, r] = select(pre, k, batch);
   if (pre.is_cuda()) {
 #ifdef MX_WITH_CUDA
     TORCH_CHECK_VALUE(f < INT_MAX && dead.numel() < INT_MAX, "W_enc: F = ", f, " too large for the CUDA kernels");

@@ -95,35 +95,33 @@ inline void fill_keys(const T* row, int64_t f, Col col, K* keys) {
 // TopK with col(j) = j, or AuxK's selection over the dead columns only (col = a column list), which reads those
 // columns of the encoder's pre-activations in place instead of gathering them into a copy.
 // The same selection by threshold, for large k/f (AuxK: aux_k ~ d/2 of a few hundred dead columns), where the
-// heap would take most entries through O(log k) updates: per row, the k-th largest key by nth_element over a
-// copy of the row's keys, then one ascending scan keeps the keys above it and the first ties at it.
+// heap would take most entries through O(log k) updates: per row, the k-th largest key by a bitwise search over
+// the row's keys, then one ascending scan keeps the keys above it and the first ties at it. Rows r0..r1.
 template <typename T, typename Col>
-void topk_rows_threshold(const T* pre, int64_t n, int64_t ld, int64_t f, int64_t k, Col col, T* values,
-                         int64_t* indices) {
+void threshold_rows(const T* pre, int64_t r0, int64_t r1, int64_t ld, int64_t f, int64_t k, Col col, T* values,
+                    int64_t* indices) {
   using K = key_type_t<T>;
-  at::parallel_for(0, n, 16, [&](int64_t r0, int64_t r1) {
-    std::vector<K> keys(f);
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* row = pre + r * ld;
-      fill_keys(row, f, col, keys.data());
-      const K t = kth_largest_key(keys.data(), f, k);
-      // entries equal to t to keep, lowest index first (t < all-ones: NaN's key, the largest, is taken whole)
-      int64_t ties = k - (t == ~K(0) ? 0 : count_at_least(keys.data(), f, K(t + 1)));
-      int64_t* out_i = indices + r * k;
-      T* out_v = values + r * k;
-      int64_t o = 0;
-      for (int64_t j = 0; j < f && o < k; ++j) {
-        const K key = keys[j];
-        if (key > t || (key == t && ties > 0)) {
-          if (key == t) --ties;
-          const int64_t c = col(j);
-          out_i[o] = c;
-          out_v[o] = relu_value(row[c]);
-          ++o;
-        }
+  std::vector<K> keys(f);
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* row = pre + r * ld;
+    fill_keys(row, f, col, keys.data());
+    const K t = kth_largest_key(keys.data(), f, k);
+    // entries equal to t to keep, lowest index first (t < all-ones: NaN's key, the largest, is taken whole)
+    int64_t ties = k - (t == ~K(0) ? 0 : count_at_least(keys.data(), f, K(t + 1)));
+    int64_t* out_i = indices + r * k;
+    T* out_v = values + r * k;
+    int64_t o = 0;
+    for (int64_t j = 0; j < f && o < k; ++j) {
+      const K key = keys[j];
+      if (key > t || (key == t && ties > 0)) {
+        if (key == t) --ties;
+        const int64_t c = col(j);
+        out_i[o] = c;
+        out_v[o] = relu_value(row[c]);
+        ++o;
       }
     }
-  });
+  }
 }
 
 // The heap pays O(log k) per entry that beats the current k-th best; past this share of k in f, the threshold
@@ -131,8 +129,8 @@ void topk_rows_threshold(const T* pre, int64_t n, int64_t ld, int64_t f, int64_t
 constexpr int64_t kThresholdRatio = 16;
 
 template <typename T, typename Col>
-void topk_rows(const T* pre, int64_t n, int64_t ld, int64_t f, int64_t k, Col col, T* values, int64_t* indices) {
-  if (k * kThresholdRatio >= f) return topk_rows_threshold(pre, n, ld, f, k, col, values, indices);
+void heap_rows(const T* pre, int64_t r0, int64_t r1, int64_t ld, int64_t f, int64_t k, Col col, T* values,
+               int64_t* indices) {
   using K = key_type_t<T>;
   struct Item {
     K key;
@@ -140,7 +138,7 @@ void topk_rows(const T* pre, int64_t n, int64_t ld, int64_t f, int64_t k, Col co
   };
   // Heap top = the worst kept item: smallest key, and among equal keys the largest index.
   auto better = [](const Item& a, const Item& b) { return a.key > b.key || (a.key == b.key && a.idx < b.idx); };
-  at::parallel_for(0, n, 1, [&](int64_t r0, int64_t r1) {
+  {
     std::vector<Item> heap;
     heap.reserve(k);
     for (int64_t r = r0; r < r1; ++r) {
@@ -185,6 +183,21 @@ void topk_rows(const T* pre, int64_t n, int64_t ld, int64_t f, int64_t k, Col co
         values[r * k + j] = relu_value(row[c]);
       }
     }
+  }
+}
+
+// Per-row top k of rows r0..r1 (k entries each at values/indices + r * k), by heap or by threshold.
+template <typename T, typename Col>
+void topk_row_range(const T* pre, int64_t r0, int64_t r1, int64_t ld, int64_t f, int64_t k, Col col, T* values,
+                    int64_t* indices) {
+  if (k * kThresholdRatio >= f) return threshold_rows(pre, r0, r1, ld, f, k, col, values, indices);
+  heap_rows(pre, r0, r1, ld, f, k, col, values, indices);
+}
+
+template <typename T, typename Col>
+void topk_rows(const T* pre, int64_t n, int64_t ld, int64_t f, int64_t k, Col col, T* values, int64_t* indices) {
+  at::parallel_for(0, n, k * kThresholdRatio >= f ? 16 : 1, [&](int64_t r0, int64_t r1) {
+    topk_row_range(pre, r0, r1, ld, f, k, col, values, indices);
   });
 }
 
@@ -253,8 +266,15 @@ inline uint32_t candidate_bits(const T* p, int64_t len, acc_t t) {
 // Returns false (nothing written) when the estimate cannot be trusted: a zero threshold (fewer positives than
 // K: ties at 0 everywhere), fewer than K candidates, or a candidate flood (mass ties at t_lo); the caller then
 // uses the radix path.
-template <typename T>
-bool batch_topk_sampled(const T* p, int64_t n, int64_t f, int64_t k, Csr& out_csr, const at::TensorOptions& opt) {
+// Rows the candidate pass has just read, handed to a second selection that reads the same rows (AuxK's) while
+// they are in cache; NoRows for plain BatchTopK.
+struct NoRows {
+  void operator()(int64_t, int64_t) const {}
+};
+
+template <typename T, typename RowHook = NoRows>
+bool batch_topk_sampled(const T* p, int64_t n, int64_t f, int64_t k, Csr& out_csr, const at::TensorOptions& opt,
+                        RowHook on_rows = {}) {
   using Key = key_type_t<T>;
   using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
   const int64_t total = n * f, K = n * k;
@@ -281,8 +301,11 @@ bool batch_topk_sampled(const T* p, int64_t n, int64_t f, int64_t k, Csr& out_cs
   std::memcpy(&t_val, &t_lo, sizeof(t_val));  // t_lo > 0 is a positive float's (or double's) bits, or NaN's
 
   // 2. candidates per chunk; a chunk gives up (flood) beyond a generous multiple of its expected share
-  const int64_t num_chunks = std::max<int64_t>(1, std::min<int64_t>(total / (1 << 15) + 1, 256));
-  const int64_t chunk = (total + num_chunks - 1) / num_chunks;
+  // chunks of whole rows (about total / 256 entries, at least 32 Ki): the row hook sees each row once
+  const int64_t target = std::max<int64_t>(int64_t(1) << 15, total / 256 + 1);
+  const int64_t rows_per_chunk = std::max<int64_t>(1, target / f);
+  const int64_t num_chunks = (n + rows_per_chunk - 1) / rows_per_chunk;
+  const int64_t chunk = rows_per_chunk * f;
   const int64_t cap = 4 * (chunk * r / m) + 4096;
   std::vector<std::vector<std::pair<int64_t, Key>>> cand(static_cast<size_t>(num_chunks));
   std::atomic<bool> flood{false};
@@ -307,6 +330,7 @@ bool batch_topk_sampled(const T* p, int64_t n, int64_t f, int64_t k, Csr& out_cs
           return;
         }
       }
+      on_rows(c * rows_per_chunk, std::min(n, (c + 1) * rows_per_chunk));
     }
   });
   if (flood.load()) return false;
@@ -345,12 +369,17 @@ bool batch_topk_sampled(const T* p, int64_t n, int64_t f, int64_t k, Csr& out_cs
   return true;
 }
 
-template <typename T>
-Csr batch_topk_impl(const Tensor& pre, int64_t k) {
+// hooked: set when the sampled path ran and so handed every row to on_rows (the radix path does not).
+template <typename T, typename RowHook = NoRows>
+Csr batch_topk_impl(const Tensor& pre, int64_t k, RowHook on_rows = {}, bool* hooked = nullptr) {
   using Key = key_type_t<T>;
   const int64_t n = pre.size(0), f = pre.size(1), K = n * k;
   const T* p = pre.data_ptr<T>();
-  if (Csr fast; batch_topk_sampled<T>(p, n, f, k, fast, pre.options())) return fast;
+  if (hooked) *hooked = false;
+  if (Csr fast; batch_topk_sampled<T>(p, n, f, k, fast, pre.options(), on_rows)) {
+    if (hooked) *hooked = true;
+    return fast;
+  }
   const auto [thresh, ties] = radix_threshold<T>(p, n * f, K);
   // Per row: entries strictly above the threshold, and entries equal to it.
   std::vector<int64_t> gt(n), eq(n);
@@ -434,6 +463,29 @@ Csr batch_topk_select(const Tensor& pre_in, int64_t k) {
   Csr out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "batch_topk_select",
                                   [&] { out = batch_topk_impl<scalar_t>(pre, k); });
+  return out;
+}
+
+Csr batch_topk_select_aux(const Tensor& pre_in, int64_t k, const Tensor& cols_in, int64_t aux_k, Csr& aux) {
+  check_select(pre_in, k);
+  const Tensor pre = pre_in.contiguous();
+  const Tensor cols = cols_in.contiguous();
+  const int64_t n = pre.size(0), f = pre.size(1), fc = cols.numel();
+  auto values = at::empty({n * aux_k}, pre.options());
+  auto indices = at::empty({n * aux_k}, pre.options().dtype(at::kLong));
+  const int64_t* c = cols.data_ptr<int64_t>();
+  Csr out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "batch_topk_select_aux", [&] {
+    const scalar_t* p = pre.data_ptr<scalar_t>();
+    scalar_t* v = values.data_ptr<scalar_t>();
+    int64_t* ix = indices.data_ptr<int64_t>();
+    bool hooked = false;
+    out = batch_topk_impl<scalar_t>(
+        pre, k, [&](int64_t r0, int64_t r1) { topk_row_range(p, r0, r1, f, fc, aux_k, ColList{c}, v, ix); },
+        &hooked);
+    if (!hooked) topk_rows(p, n, f, fc, aux_k, ColList{c}, v, ix);  // the radix path: AuxK's own pass
+  });
+  aux = {values, indices, at::arange(0, n * aux_k + 1, aux_k, pre.options().dtype(at::kLong))};
   return out;
 }
 

@@ -77,6 +77,29 @@ def test_aux_selection_equals_topk_of_gathered_columns(seed):
     assert torch.equal(aux.row_offsets, sub.row_offsets)
 
 
+@pytest.mark.parametrize("layout", ["many_rows", "few_positive"])
+def test_batch_aux_selection_in_the_candidate_pass(seed, layout):
+    # BatchTopK's sampled path hands each chunk of rows to AuxK's selection while it scans them; with fewer
+    # positives than k*N the radix path runs instead and AuxK selects in a pass of its own. Both against the
+    # reference top-k of the gathered dead columns.
+    g = torch.Generator().manual_seed(seed)
+    N, F, d = randint(200, 400), randint(1500, 3000), 8
+    x = torch.randn(N, d, generator=g)
+    W = torch.randn(d, F, generator=g) / d**0.5
+    b = torch.zeros(F)
+    if layout == "few_positive":
+        b -= 10.0  # almost everything at or below zero
+        b[torch.randperm(F, generator=g)[:3]] = 10.0
+    dead = torch.sort(torch.randperm(F, generator=g)[: randint(50, 400)]).values
+    k, aux_k = randint(4, 32), randint(1, 40)
+    acts, aux = mx_ops.encode_aux(x, W, b, k, "batch", dead, aux_k)
+    pre = torch.addmm(b, x, W)
+    same_selection(acts, ref.batch_topk(pre, k))
+    oracle = ref.topk(pre[:, dead], aux_k)
+    assert torch.equal(aux.indices, dead[oracle.indices])
+    assert torch.equal(aux.values, oracle.values)
+
+
 def test_nan_in_dead_columns_ranks_first(seed):
     p = problem(4, 3, 2, 20, 2)
     b = p.b_enc.detach().clone()
