@@ -53,7 +53,8 @@ class _DenseAuxMSE(torch.autograd.Function):
         n, kk = cols.shape
         dense = values.new_zeros(n, dead.numel()).scatter_(1, cols, values.view(n, kk))
         rows = W_dec.index_select(0, dead).to(values.dtype)
-        diff = (dense @ rows).to(acc) - residual.to(acc)
+        # in place: the product (or its cast to acc) is a fresh tensor; the same subtraction, one [N, d] buffer less
+        diff = (dense @ rows).to(acc).sub_(residual.to(acc))
         ctx.save_for_backward(dense, rows, diff, dead, cols)
         ctx.W_shape, ctx.W_dtype = W_dec.shape, W_dec.dtype
         return diff.pow(2).mean()
