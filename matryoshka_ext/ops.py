@@ -133,8 +133,9 @@ torch.library.register_autograd(f"{_LIB}::encode", _encode_backward, setup_conte
 # AuxK (decode, its gradients, the encoder gradient) runs as dense GEMMs over the dead columns ([N, n_dead]) when
 # aux_k * this >= n_dead, through the sparse kernels otherwise; either way nothing of size N x F. A GEMM
 # multiply-add costs far less than a gathered one: measured on 2-core CPU, N=4096 d=640 aux_k=320, the AuxK part
-# of a step took 349 ms dense vs 873 ms sparse at 819 dead latents (density 1/2.6) and 1052 vs 1269 ms at 3277
-# (1/10); the sparse form wins only when the dead latents are many times aux_k.
+# of a step took 87 ms dense vs 269 ms sparse at 819 dead latents (density 1/2.6) and ~300-340 ms either way
+# at 3277 (1/10, within run-to-run noise; after the register-blocked sparse kernels, 2026-12-06); the sparse
+# form wins only when the dead latents are many times aux_k.
 AUX_DENSE_RATIO = 16
 
 
