@@ -10,7 +10,6 @@
 #include <type_traits>
 #include <vector>
 
-
 #include "common.h"
 #include "cpu/block128.h"
 #include "cpu/csr_rows.h"
@@ -19,12 +18,6 @@
 namespace mx {
 namespace cpu {
 namespace {
-
-template <typename acc_t>
-struct Item {
-  int64_t latent, row;
-  acc_t val;
-};
 
 // buf's storage with room for n elements (grown, never shrunk: the caller reuses it across calls)
 template <typename E>
@@ -68,44 +61,26 @@ void reduce_latents(const T* v, const int64_t* ix, const int64_t* ro, const S_t*
                     int64_t n, int64_t nnz, int64_t num_latents, int64_t d, bool transposed,
                     at::opmath_type<T>* grad, at::opmath_type<T>* sums) {
   using acc_t = at::opmath_type<T>;
-  // Entries sorted by latent (stable: within a latent they keep their order), each with its value (in acc_t) and
-  // row, so the reduction below reads them in sequence. Two stable counting passes: first into buckets of
-  // 2^shift consecutive latents (at most kBuckets write streams, which the caches absorb), then each bucket, whose
-  // slots fit in cache, by latent. One direct pass scatters every entry to a random slot of nnz-long arrays: at
-  // AuxK's N * aux_k entries those cache misses took most of the kernel.
-  // The nnz-long arrays are per-thread scratch kept across calls: fresh ones cost a page fault per 4 KiB
-  // (tens of MB at AuxK's N * aux_k entries) and their zero-fill, more than the sort itself.
-  thread_local std::vector<Item<acc_t>> items_buf;
+  // Entries sorted by latent (a stable counting sort: within a latent they keep their order), each carrying its
+  // value (in acc_t) and row, so the reduction below reads them in sequence instead of through an order[] table
+  // (two random reads per entry). The nnz-long arrays are per-thread scratch kept across calls: fresh ones cost
+  // a page fault per 4 KiB (tens of MB at AuxK's N * aux_k entries) and a zero-fill.
   thread_local std::vector<acc_t> val_buf;
   thread_local std::vector<int64_t> row_buf;
-  Item<acc_t>* items = grown(items_buf, nnz);
   acc_t* val = grown(val_buf, nnz);
   int64_t* row = grown(row_buf, nnz);
   std::vector<int64_t> start(num_latents + 1, 0);
   for (int64_t e = 0; e < nnz; ++e) ++start[ix[e] + 1];
   for (int64_t f = 0; f < num_latents; ++f) start[f + 1] += start[f];
-  constexpr int64_t kBuckets = 256;
-  int shift = 0;
-  while (((num_latents - 1) >> shift) >= kBuckets) ++shift;
-  const int64_t num_buckets = ((num_latents - 1) >> shift) + 1;
   {
-    std::vector<int64_t> fill(num_buckets);
-    for (int64_t b = 0; b < num_buckets; ++b) fill[b] = start[b << shift];
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
     for (int64_t r = 0; r < n; ++r)
-      for (int64_t e = ro[r]; e < ro[r + 1]; ++e) items[fill[ix[e] >> shift]++] = {ix[e], r, static_cast<acc_t>(v[e])};
-  }
-  at::parallel_for(0, num_buckets, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t lo = b << shift, hi = std::min(num_latents, (b + 1) << shift);
-      std::vector<int64_t> fill(start.begin() + lo, start.begin() + hi);
-      for (int64_t q = start[lo]; q < start[hi]; ++q) {
-        const Item<acc_t>& it = items[q];
-        const int64_t p = fill[it.latent - lo]++;
-        val[p] = it.val;
-        row[p] = it.row;
+      for (int64_t e = ro[r]; e < ro[r + 1]; ++e) {
+        const int64_t q = fill[ix[e]]++;
+        val[q] = static_cast<acc_t>(v[e]);
+        row[q] = r;
       }
-    }
-  });
+  }
   // transposed: grad is [d, F] (the encoder weight's own layout). Latents are reduced in tiles of kTile rows,
   // then written column-wise, kTile consecutive floats (a cache line) per output row.
   constexpr int64_t kTile = 16;

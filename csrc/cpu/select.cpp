@@ -125,7 +125,7 @@ void threshold_rows(const T* pre, int64_t r0, int64_t r1, int64_t ld, int64_t f,
 }
 
 // The heap pays O(log k) per entry that beats the current k-th best; past this share of k in f, the threshold
-// path (two linear passes and nth_element) is faster.
+// path (vector passes over the row's keys) is faster.
 constexpr int64_t kThresholdRatio = 16;
 
 template <typename T, typename Col>
@@ -138,50 +138,48 @@ void heap_rows(const T* pre, int64_t r0, int64_t r1, int64_t ld, int64_t f, int6
   };
   // Heap top = the worst kept item: smallest key, and among equal keys the largest index.
   auto better = [](const Item& a, const Item& b) { return a.key > b.key || (a.key == b.key && a.idx < b.idx); };
-  {
-    std::vector<Item> heap;
-    heap.reserve(k);
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* row = pre + r * ld;
-      heap.clear();
-      for (int64_t j = 0; j < k; ++j) heap.push_back({relu_key(row[col(j)]), j});
-      std::make_heap(heap.begin(), heap.end(), better);
-      // Most entries lose against the current k-th best: test blocks of 16 with a branch-free float compare
-      // (!(v <= t) also lets NaN through) and take the exact key path only for blocks with a candidate.
-      using acc_t = at::opmath_type<T>;
-      constexpr int64_t kBlock = 16;
-      for (int64_t j0 = k; j0 < f; j0 += kBlock) {
-        const int64_t j1 = std::min(f, j0 + kBlock);
-        const K worst = heap.front().key;
-        acc_t t;
-        if constexpr (std::is_same_v<K, uint64_t>) {
-          double tv;
-          std::memcpy(&tv, &worst, sizeof(tv));
-          t = worst == K(0) ? acc_t(0) : static_cast<acc_t>(tv);
-        } else {
-          float tv;
-          std::memcpy(&tv, &worst, sizeof(tv));
-          t = worst == K(0) ? acc_t(0) : static_cast<acc_t>(tv);
-        }
-        bool any = false;
-        for (int64_t j = j0; j < j1; ++j) any |= !(static_cast<acc_t>(row[col(j)]) <= t);
-        if (!any) continue;
-        for (int64_t j = j0; j < j1; ++j) {
-          const K key = relu_key(row[col(j)]);
-          // A later index with an equal key never displaces: ties keep the lower index.
-          if (key > heap.front().key) {
-            std::pop_heap(heap.begin(), heap.end(), better);
-            heap.back() = {key, j};
-            std::push_heap(heap.begin(), heap.end(), better);
-          }
+  std::vector<Item> heap;
+  heap.reserve(k);
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* row = pre + r * ld;
+    heap.clear();
+    for (int64_t j = 0; j < k; ++j) heap.push_back({relu_key(row[col(j)]), j});
+    std::make_heap(heap.begin(), heap.end(), better);
+    // Most entries lose against the current k-th best: test blocks of 16 with a branch-free float compare
+    // (!(v <= t) also lets NaN through) and take the exact key path only for blocks with a candidate.
+    using acc_t = at::opmath_type<T>;
+    constexpr int64_t kBlock = 16;
+    for (int64_t j0 = k; j0 < f; j0 += kBlock) {
+      const int64_t j1 = std::min(f, j0 + kBlock);
+      const K worst = heap.front().key;
+      acc_t t;
+      if constexpr (std::is_same_v<K, uint64_t>) {
+        double tv;
+        std::memcpy(&tv, &worst, sizeof(tv));
+        t = worst == K(0) ? acc_t(0) : static_cast<acc_t>(tv);
+      } else {
+        float tv;
+        std::memcpy(&tv, &worst, sizeof(tv));
+        t = worst == K(0) ? acc_t(0) : static_cast<acc_t>(tv);
+      }
+      bool any = false;
+      for (int64_t j = j0; j < j1; ++j) any |= !(static_cast<acc_t>(row[col(j)]) <= t);
+      if (!any) continue;
+      for (int64_t j = j0; j < j1; ++j) {
+        const K key = relu_key(row[col(j)]);
+        // A later index with an equal key never displaces: ties keep the lower index.
+        if (key > heap.front().key) {
+          std::pop_heap(heap.begin(), heap.end(), better);
+          heap.back() = {key, j};
+          std::push_heap(heap.begin(), heap.end(), better);
         }
       }
-      std::sort(heap.begin(), heap.end(), [](const Item& a, const Item& b) { return a.idx < b.idx; });
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t c = col(heap[j].idx);
-        indices[r * k + j] = c;
-        values[r * k + j] = relu_value(row[c]);
-      }
+    }
+    std::sort(heap.begin(), heap.end(), [](const Item& a, const Item& b) { return a.idx < b.idx; });
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t c = col(heap[j].idx);
+      indices[r * k + j] = c;
+      values[r * k + j] = relu_value(row[c]);
     }
   }
 }
