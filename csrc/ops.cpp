@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "cpu/reuse.h"
 
 extern "C" {
 // Importing matryoshka_ext._C runs the static TORCH_LIBRARY registrations below; the module itself is empty.
@@ -130,20 +131,15 @@ static Csr select(const Tensor& pre, int64_t k, bool batch) {
   return batch ? cpu::batch_topk_select(pre, k) : cpu::topk_select(pre, k);
 }
 
-// pre = x @ W_enc + b_enc [N, F]. On CPU it goes into a per-thread workspace reused across calls: a fresh N x F
-// buffer every step comes from mmap and costs a page fault per 4 KiB (about a third of the GEMM's own time at
-// N=4096, F=8192). Nothing returned aliases it (the selections copy what they keep). Buffers above kMaxWorkspace
-// are not kept, so a one-off huge batch does not pin its memory. CUDA's caching allocator already reuses.
+// pre = x @ W_enc + b_enc [N, F]. On CPU it goes into a per-thread buffer reused across calls (cpu::reusable_empty,
+// one slot): a fresh N x F buffer every step comes from mmap and costs a page fault per 4 KiB (about a third of
+// the GEMM's own time at N=4096, F=8192). Nothing returned aliases it (the selections copy what they keep).
+// Buffers above 1 GiB are not kept, so a one-off huge batch does not pin its memory. CUDA's allocator reuses.
 static Tensor pre_activations(const Tensor& x, const Tensor& W_enc, const Tensor& b_enc) {
   if (!x.is_cpu()) return at::addmm(b_enc, x, W_enc);
-  constexpr int64_t kMaxWorkspace = int64_t(1) << 30;  // bytes
-  thread_local Tensor workspace;
-  const int64_t n = x.size(0), f = W_enc.size(1), bytes = n * f * static_cast<int64_t>(x.element_size());
-  if (bytes > kMaxWorkspace) return at::addmm(b_enc, x, W_enc);
-  if (!workspace.defined() || workspace.scalar_type() != x.scalar_type() || workspace.numel() < n * f)
-    workspace = Tensor();  // release the old one before allocating its successor
-  if (!workspace.defined()) workspace = at::empty({n * f}, x.options());
-  Tensor pre = workspace.narrow(0, 0, n * f).view({n, f});
+  thread_local std::vector<Tensor> workspace;
+  const int64_t n = x.size(0), f = W_enc.size(1);
+  Tensor pre = cpu::reusable_empty(workspace, {n, f}, x.options(), 1);
   // What addmm_out does, in two steps: the bias broadcast into every row, then pre += x @ W_enc (beta = 1, the
   // same GEMM call, so the same bits). addmm_out's own broadcast goes through a strided element-wise copy that
   // took ~9 ms at N=4096, F=8192; row copies take a third of that.

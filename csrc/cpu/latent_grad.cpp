@@ -19,16 +19,6 @@ namespace mx {
 namespace cpu {
 namespace {
 
-// buf's storage with room for n elements (grown, never shrunk: the caller reuses it across calls)
-template <typename E>
-E* grown(std::vector<E>& buf, int64_t n) {
-  if (static_cast<int64_t>(buf.size()) < n) {
-    buf = std::vector<E>();  // free the old storage before allocating its successor
-    buf.resize(static_cast<size_t>(n));
-  }
-  return buf.data();
-}
-
 // out[0..d) = sum over the c entries (in order) of val[q] * S[row[q]], entries holding 0 skipped. The float path
 // keeps 128 columns of the sum in eight vector registers across all entries, so the only memory traffic is the
 // S rows: a sum kept in memory costs a load and a store per multiply-add. Same multiply-adds in the same entry
@@ -65,10 +55,12 @@ void reduce_latents(const T* v, const int64_t* ix, const int64_t* ro, const S_t*
   // value (in acc_t) and row, so the reduction below reads them in sequence instead of through an order[] table
   // (two random reads per entry). The nnz-long arrays are per-thread scratch kept across calls: fresh ones cost
   // a page fault per 4 KiB (tens of MB at AuxK's N * aux_k entries) and a zero-fill.
-  thread_local std::vector<acc_t> val_buf;
-  thread_local std::vector<int64_t> row_buf;
-  acc_t* val = grown(val_buf, nnz);
-  int64_t* row = grown(row_buf, nnz);
+  thread_local std::vector<Tensor> scratch;
+  const auto cpu = at::TensorOptions().device(at::kCPU);
+  const Tensor val_t = reusable_empty(scratch, {nnz}, cpu.dtype(c10::CppTypeToScalarType<acc_t>::value));
+  const Tensor row_t = reusable_empty(scratch, {nnz}, cpu.dtype(at::kLong));
+  acc_t* val = val_t.data_ptr<acc_t>();
+  int64_t* row = row_t.data_ptr<int64_t>();
   std::vector<int64_t> start(num_latents + 1, 0);
   for (int64_t e = 0; e < nnz; ++e) ++start[ix[e] + 1];
   for (int64_t f = 0; f < num_latents; ++f) start[f + 1] += start[f];

@@ -12,21 +12,28 @@
 namespace mx {
 namespace cpu {
 
-// A tensor of `sizes` and `options` whose storage is one of `pool`'s buffers when a free one of that shape and
-// dtype exists, else a new buffer added to the pool (at most kSlots buffers; above kMaxBytes never pooled).
-// The returned tensor is its own TensorImpl over the buffer, so autograd can adopt it as a .grad without a copy.
-inline at::Tensor reusable_empty(std::vector<at::Tensor>& pool, at::IntArrayRef sizes, const at::TensorOptions& opt) {
-  constexpr size_t kSlots = 4;
+// A tensor of `sizes` and `options` over one of `pool`'s buffers: the smallest free one of that dtype that is
+// large enough, else a new buffer added to the pool (at most `slots` buffers, the oldest dropped first; above
+// kMaxBytes never pooled). Buffers are flat; the returned tensor is a contiguous view of a buffer's front with
+// its own TensorImpl, so autograd can adopt it as a .grad without a copy.
+inline at::Tensor reusable_empty(std::vector<at::Tensor>& pool, at::IntArrayRef sizes, const at::TensorOptions& opt,
+                                 size_t slots = 4) {
   constexpr int64_t kMaxBytes = int64_t(1) << 30;
   int64_t numel = 1;
   for (const int64_t s : sizes) numel *= s;
   if (numel * static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(opt.dtype()))) > kMaxBytes)
     return at::empty(sizes, opt);
+  const at::Tensor* best = nullptr;
   for (const at::Tensor& buf : pool)
-    if (buf.storage().use_count() == 1 && buf.sizes() == sizes && buf.dtype() == opt.dtype()) return buf.alias();
-  if (pool.size() >= kSlots) pool.erase(pool.begin());  // the oldest: its holders keep it alive if still in use
-  pool.push_back(at::empty(sizes, opt));
-  return pool.back().alias();
+    if (buf.storage().use_count() == 1 && buf.dtype() == opt.dtype() && buf.numel() >= numel &&
+        (!best || buf.numel() < best->numel()))
+      best = &buf;
+  if (!best) {
+    if (pool.size() >= slots) pool.erase(pool.begin());  // freed now unless a holder keeps it alive
+    pool.push_back(at::empty({numel}, opt));
+    best = &pool.back();
+  }
+  return best->narrow(0, 0, numel).view(sizes);
 }
 
 }  // namespace cpu

@@ -425,34 +425,40 @@ Csr batch_topk_impl(const Tensor& pre, int64_t k, RowHook on_rows = {}, bool* ho
   return {values, indices, row_offsets};
 }
 
+// The CSR of a per-row selection of k entries in each of pre's rows: values and indices to fill, row offsets
+// 0, k, 2k, ...
+Csr fixed_k_csr(const Tensor& pre, int64_t k) {
+  const int64_t n = pre.size(0);
+  return {at::empty({n * k}, pre.options()), at::empty({n * k}, pre.options().dtype(at::kLong)),
+          at::arange(0, n * k + 1, k, pre.options().dtype(at::kLong))};
+}
+
 }  // namespace
 
 Csr topk_select(const Tensor& pre_in, int64_t k) {
   const auto [n, f] = check_select(pre_in, k);
   const Tensor pre = pre_in.contiguous();
-  auto values = at::empty({n * k}, pre.options());
-  auto indices = at::empty({n * k}, pre.options().dtype(at::kLong));
+  Csr out = fixed_k_csr(pre, k);
+  auto& [values, indices, row_offsets] = out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "topk_select", [&] {
     topk_rows<scalar_t>(pre.data_ptr<scalar_t>(), n, f, f, k, AllCols{}, values.data_ptr<scalar_t>(),
                         indices.data_ptr<int64_t>());
   });
-  auto row_offsets = at::arange(0, n * k + 1, k, pre.options().dtype(at::kLong));
-  return {values, indices, row_offsets};
+  return out;
 }
 
 Csr topk_select_cols(const Tensor& pre_in, const Tensor& cols_in, int64_t k) {
   const int64_t n = pre_in.size(0), f = pre_in.size(1), fc = cols_in.numel();
   const Tensor pre = pre_in.contiguous();
   const Tensor cols = cols_in.contiguous();
-  auto values = at::empty({n * k}, pre.options());
-  auto indices = at::empty({n * k}, pre.options().dtype(at::kLong));
+  Csr out = fixed_k_csr(pre, k);
+  auto& [values, indices, row_offsets] = out;
   const int64_t* c = cols.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "topk_select_cols", [&] {
     topk_rows<scalar_t>(pre.data_ptr<scalar_t>(), n, f, fc, k, ColList{c}, values.data_ptr<scalar_t>(),
                         indices.data_ptr<int64_t>());
   });
-  auto row_offsets = at::arange(0, n * k + 1, k, pre.options().dtype(at::kLong));
-  return {values, indices, row_offsets};
+  return out;
 }
 
 Csr batch_topk_select(const Tensor& pre_in, int64_t k) {
@@ -469,21 +475,19 @@ Csr batch_topk_select_aux(const Tensor& pre_in, int64_t k, const Tensor& cols_in
   const Tensor pre = pre_in.contiguous();
   const Tensor cols = cols_in.contiguous();
   const int64_t n = pre.size(0), f = pre.size(1), fc = cols.numel();
-  auto values = at::empty({n * aux_k}, pre.options());
-  auto indices = at::empty({n * aux_k}, pre.options().dtype(at::kLong));
+  aux = fixed_k_csr(pre, aux_k);
   const int64_t* c = cols.data_ptr<int64_t>();
   Csr out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "batch_topk_select_aux", [&] {
     const scalar_t* p = pre.data_ptr<scalar_t>();
-    scalar_t* v = values.data_ptr<scalar_t>();
-    int64_t* ix = indices.data_ptr<int64_t>();
+    scalar_t* v = std::get<0>(aux).data_ptr<scalar_t>();
+    int64_t* ix = std::get<1>(aux).data_ptr<int64_t>();
     bool hooked = false;
     out = batch_topk_impl<scalar_t>(
         pre, k, [&](int64_t r0, int64_t r1) { topk_row_range(p, r0, r1, f, fc, aux_k, ColList{c}, v, ix); },
         &hooked);
     if (!hooked) topk_rows(p, n, f, fc, aux_k, ColList{c}, v, ix);  // the radix path: AuxK's own pass
   });
-  aux = {values, indices, at::arange(0, n * aux_k + 1, aux_k, pre.options().dtype(at::kLong))};
   return out;
 }
 
